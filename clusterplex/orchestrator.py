@@ -1,0 +1,348 @@
+"""clusterplex-orchestrator: takes jobs from shims, places them on workers.
+
+I/O only; decisions live in ``registry`` (worker state), ``scheduler``
+(which worker) and ``jobs`` (job state). Worker *sources* feed the registry:
+the static ``workers`` list here, mDNS discovery later; each known worker
+gets a ``WorkerLink`` that keeps an authenticated connection to it.
+"""
+
+import asyncio
+import logging
+import time
+
+import aiohttp
+from aiohttp import web
+
+from . import __version__, config, daemon, jobs, link, protocol, registry, scheduler
+
+logger = logging.getLogger(__name__)
+
+RECONNECT_MIN = 0.2
+RECONNECT_MAX = 5.0
+
+
+class WorkerLink:
+    """Keeps one authenticated connection to a worker, reconnecting with backoff."""
+
+    def __init__(self, orch, rec):
+        self.orch = orch
+        self.key = rec.key
+        self.rec = rec
+        self.peer = None
+        self.task = None
+
+    @property
+    def url(self):
+        return f"http://{self.rec.address_str}{protocol.CONTROL_PATH}"
+
+    def post(self, msg):
+        if self.peer is None or self.peer.closed:
+            return False
+        self.peer.post(msg)
+        return True
+
+    async def run(self):
+        delay = RECONNECT_MIN
+        while True:
+            reason = await self._session()
+            self.orch.worker_lost(self.key, reason)
+            if reason.startswith("connected"):
+                delay = RECONNECT_MIN
+            await asyncio.sleep(delay)       # reconnect backoff
+            delay = min(RECONNECT_MAX, delay * 2)
+
+    async def _session(self):
+        orch = self.orch
+        try:
+            ws, _info = await link.connect(orch.http, self.url, orch.secret, protocol.ROLE_ORCHESTRATOR,
+                                           protocol.ROLE_WORKER, orch.cfg.heartbeat_interval, 5.0)
+        except protocol.AuthError as e:
+            orch.log_once.warning(("auth", self.key), "worker %s refused us or failed authentication: %s",
+                                  self.rec.address_str, e)
+            return f"authentication failed: {e}"
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            orch.log_once.warning(("conn", self.key), "cannot connect to worker %s: %s",
+                                  self.rec.address_str, e or type(e).__name__)
+            return f"unreachable: {e or type(e).__name__}"
+        self.peer = link.Peer(ws, self.rec.address_str)
+        logger.info("connected to worker %s", self.rec.address_str)
+        try:
+            async for msg in link.messages(ws, self.rec.address_str, orch.log_once):
+                orch.on_worker_message(self.key, msg)
+        finally:
+            self.peer.abort()
+            self.peer = None
+            if not ws.closed:
+                await ws.close()
+        return f"connected, then lost (close code {ws.close_code})"
+
+
+class ShimSession:
+    """One shim connection, carrying one job."""
+
+    def __init__(self, peer):
+        self.peer = peer
+        self.job = None
+
+
+class Orchestrator:
+    def __init__(self, cfg, config_path, notifier):
+        self.cfg = cfg
+        self.notifier = notifier
+        self.secret = None
+        self.registry = registry.WorkerRegistry()
+        self.jobs = jobs.JobTable()
+        self.sched = scheduler.SchedulerState()
+        self.links = {}
+        self.shims = {}             # job id -> ShimSession
+        self.http = None
+        self.listen_address = ""
+        self.log_once = daemon.LogOnce(logger)
+        self._runner = None
+        self._tasks = set()
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def start(self):
+        self.secret = config.load_secret(self.cfg.secret_file)
+        self.http = aiohttp.ClientSession()
+        app = web.Application()
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/api/v1/workers", self.api_workers)
+        app.router.add_get("/api/v1/jobs", self.api_jobs)
+        app.router.add_get(protocol.SHIM_PATH, self.shim)
+        host, port = self.cfg.listen
+        self._runner, self.listen_address = await daemon.serve(app, host, port, "shims and the API")
+        for host, port in self.cfg.workers:
+            self.add_worker(f"static:{config.format_hostport(host, port)}", (host, port), "static")
+        if self.cfg.discovery.enabled:
+            logger.info("mDNS discovery is not available in this version; using the static `workers` list")
+        self._update_status()
+
+    async def shutdown(self):
+        for ln in list(self.links.values()):
+            ln.task.cancel()
+        for sess in list(self.shims.values()):
+            await sess.peer.flush_and_close(code=1001, message=b"orchestrator stopping")
+        for task in list(self._tasks):
+            task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.http is not None:
+            await self.http.close()
+
+    def status_line(self):
+        ready, total = self.registry.counts()
+        running = sum(1 for j in self.jobs.active() if j.state == jobs.RUNNING)
+        return f"{ready} of {total} workers ready, {running} jobs running"
+
+    def _update_status(self):
+        self.notifier.status(self.status_line())
+
+    # --- worker sources --------------------------------------------------------
+
+    def add_worker(self, key, address, source):
+        rec, created = self.registry.add(key, address, source)
+        if created:
+            ln = self.links[key] = WorkerLink(self, rec)
+            ln.task = asyncio.get_running_loop().create_task(ln.run())
+            logger.info("worker %s added (%s)", rec.address_str, source)
+        return rec
+
+    def remove_worker(self, key, reason):
+        ln = self.links.pop(key, None)
+        if ln is not None:
+            ln.task.cancel()
+        self.worker_lost(key, reason)
+        self.registry.remove(key)
+
+    # --- worker events -----------------------------------------------------------
+
+    def on_worker_message(self, key, msg):
+        now = time.monotonic()
+        kind = msg["type"]
+        if kind == "status":
+            before = self.registry.get(key).state
+            rec = self.registry.update_status(key, msg, now)
+            if rec.state != before:
+                logger.info("worker %s (%s) is %s%s", rec.name, rec.address_str, rec.state,
+                            f": {rec.reason}" if rec.reason else "")
+            self._update_status()
+            return
+        if kind == "load":
+            self.registry.update_load(key, msg, now)
+            return
+        job = self.jobs.get(msg.get("job_id"))
+        if job is None or job.worker != key:
+            logger.debug("worker %s: %s for unknown job %r", key, kind, msg.get("job_id"))
+            return
+        sess = self.shims.get(job.id)
+        if kind == "out":
+            if sess and msg.get("fd") in (1, 2) and isinstance(msg.get("data"), str):
+                sess.peer.post({"type": "out", "fd": msg["fd"], "data": msg["data"]})
+        elif kind == "started":
+            job.started(msg.get("pid"), now)
+            logger.info("job %s running on %s (pid %s), dispatch %.1f ms", job.id[:8], job.worker_name,
+                        job.pid, (now - job.created) * 1000)
+            if sess:
+                sess.peer.post({"type": "started", "worker": job.worker_name, "pid": job.pid})
+            self._update_status()
+        elif kind == "exit":
+            code = msg.get("code") if isinstance(msg.get("code"), int) else 1
+            sig = msg.get("signal") if isinstance(msg.get("signal"), int) else None
+            self.registry.release(key, job.id)
+            if job.state != jobs.CANCELLED:
+                job.exited(code, sig, now)
+            logger.info("job %s on %s ended with %s", job.id[:8], job.worker_name,
+                        f"signal {sig}" if sig else f"exit code {code}")
+            self.jobs.finish(job)
+            if sess:
+                sess.peer.post({"type": "exit", "code": code, "signal": sig})
+            self._update_status()
+        elif kind == "refused":
+            reason = str(msg.get("reason") or "refused")[:1000]
+            logger.warning("worker %s refused job %s: %s", job.worker_name, job.id[:8], reason)
+            self.registry.release(key, job.id)
+            if job.state != jobs.ASSIGNED:
+                self.jobs.finish(job)
+                return
+            job.refused(reason)
+            self.dispatch(job)
+
+    def worker_lost(self, key, reason):
+        rec = self.registry.disconnected(key, reason)
+        if rec is None:
+            return
+        now = time.monotonic()
+        for job in self.jobs.on_worker(key):
+            self.registry.release(key, job.id)
+            if job.state == jobs.ASSIGNED:
+                job.refused(f"connection to worker lost before start ({reason})")
+                self.dispatch(job)
+            else:
+                if job.state == jobs.RUNNING:
+                    job.fail(f"worker {job.worker_name} lost while running the job", now)
+                    sess = self.shims.get(job.id)
+                    if sess:
+                        sess.peer.post({"type": "failed", "reason": job.reason, "started": True,
+                                        "fallback": False})
+                self.jobs.finish(job)
+        self._update_status()
+
+    # --- dispatch ------------------------------------------------------------------
+
+    def dispatch(self, job):
+        """Place ``job`` on the best worker now, or tell the shim none can take it."""
+        now = time.monotonic()
+        sess = self.shims.get(job.id)
+        while True:
+            rec = scheduler.choose(self.cfg.strategy, self.registry, self.sched, now, exclude=job.excluded)
+            if rec is None:
+                break
+            job.assign(rec.key, rec.name or rec.address_str, now)
+            self.registry.assign(rec.key, job.id, now)
+            if self.links[rec.key].post({"type": "start", "job": job.spec}):
+                if sess:
+                    sess.peer.post({"type": "assigned", "worker": job.worker_name, "address": rec.address_str})
+                return
+            self.registry.release(rec.key, job.id)
+            job.refused("connection to worker lost")
+        reason = self._no_worker_reason(job)
+        logger.warning("job %s: %s", job.id[:8], reason)
+        job.fail(reason, now)
+        self.jobs.finish(job)
+        if sess:
+            sess.peer.post({"type": "failed", "reason": reason, "started": False, "fallback": True})
+
+    def _no_worker_reason(self, job):
+        if job.tried:
+            return f"no worker could start the job: {job.refusal_summary()}"
+        parts = []
+        for w in self.registry:
+            if w.state == registry.READY:
+                parts.append(f"{w.name or w.address_str} full ({w.active}/{w.max_jobs})")
+            else:
+                parts.append(f"{w.name or w.address_str} {w.state}" + (f" ({w.reason})" if w.reason else ""))
+        if not parts:
+            return "no workers configured or discovered"
+        return "no worker available: " + "; ".join(parts)
+
+    # --- shim connections -----------------------------------------------------------
+
+    async def shim(self, request):
+        ws, ok = await link.accept(request, self.secret, protocol.ROLE_ORCHESTRATOR, (protocol.ROLE_SHIM,),
+                                   {"version": __version__}, self.log_once,
+                                   heartbeat=max(1.0, self.cfg.heartbeat_interval))
+        if not ok:
+            return ws
+        peer = link.Peer(ws, request.remote or "?")
+        sess = ShimSession(peer)
+        try:
+            async for msg in link.messages(ws, peer.name, self.log_once):
+                if msg["type"] == "submit" and sess.job is None:
+                    self._submit(sess, msg.get("job"))
+                elif msg["type"] == "cancel" and sess.job is not None:
+                    self._cancel(sess.job, "cancelled by the shim")
+                else:
+                    self.log_once.warning(("shimmsg", peer.name), "unexpected %r from shim at %s",
+                                          msg["type"], peer.name)
+        finally:
+            if sess.job is not None:
+                self.shims.pop(sess.job.id, None)
+                if not sess.job.final:
+                    self._cancel(sess.job, "shim went away (PMS stopped the transcode)")
+            peer.abort()
+        return ws
+
+    def _submit(self, sess, raw):
+        try:
+            spec = protocol.check_job(raw)
+        except protocol.ProtocolError as e:
+            sess.peer.post({"type": "failed", "reason": f"malformed job: {e}", "started": False, "fallback": True})
+            return
+        job = jobs.Job(spec, time.monotonic())
+        try:
+            self.jobs.add(job)
+        except KeyError:
+            sess.peer.post({"type": "failed", "reason": "duplicate job id", "started": False, "fallback": False})
+            return
+        sess.job = job
+        self.shims[job.id] = sess
+        logger.info("job %s submitted (session %s)", job.id[:8], job.session or "-")
+        self.dispatch(job)
+
+    def _cancel(self, job, why):
+        now = time.monotonic()
+        logger.info("job %s: %s", job.id[:8], why)
+        if job.worker is not None and self.links.get(job.worker) and self.links[job.worker].post(
+                {"type": "cancel", "job_id": job.id}):
+            job.cancel(now)   # stays active until the worker reports the exit
+            return
+        if job.worker is not None:
+            self.registry.release(job.worker, job.id)
+        job.cancel(now)
+        self.jobs.finish(job)
+
+    # --- HTTP API ------------------------------------------------------------------
+
+    async def health(self, request):
+        ready, total = self.registry.counts()
+        return web.json_response({"status": "ok", "version": __version__, "workers_ready": ready,
+                                  "workers": total, "jobs_active": len(self.jobs.active())})
+
+    async def api_workers(self, request):
+        return web.json_response([w.view() for w in self.registry])
+
+    async def api_jobs(self, request):
+        now = time.monotonic()
+        active = [j.view(now) for j in self.jobs.active()]
+        recent = [j.view(now) for j in reversed(self.jobs.history())][:50]
+        return web.json_response(active + recent)
+
+
+def main(argv=None):
+    return daemon.main("clusterplex-orchestrator", "orchestrator", Orchestrator, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""Which jobs may leave the Plex host, and which environment travels with them.
+
+Pure functions, shared by the shim (first filter) and the worker (second
+filter: it never trusts what arrives on the wire). Standard library only.
+"""
+
+from . import args as plexargs
+
+# Plex's own variables and the few generic ones a transcoder needs.
+ENV_ALLOW = frozenset((
+    "X_PLEX_TOKEN", "FFMPEG_EXTERNAL_LIBS", "EAE_ROOT", "LIBVA_DRIVERS_PATH", "LIBVA_DRIVER_NAME",
+    "TMPDIR", "XDG_CACHE_HOME", "XDG_DATA_HOME", "LANG", "LANGUAGE", "TZ",
+))
+ENV_ALLOW_PREFIXES = ("PLEX_", "X_PLEX_", "LC_")
+# Never forwarded, whatever a config says: these change what code runs.
+ENV_DENY_PREFIXES = ("LD_", "PYTHON", "PATH", "IFS", "BASH_", "PERL", "RUBY", "NODE_", "GCONV_",
+                     "MALLOC_", "GLIBC_", "CLUSTERPLEX_", "NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_")
+ENV_DENY = frozenset(("PATH", "SHELL", "ENV", "BASH_ENV", "HOME", "USER", "LOGNAME"))
+
+
+def env_allowed(name, extra_allow=()):
+    if name in ENV_DENY or name.startswith(ENV_DENY_PREFIXES):
+        return False
+    if name in ENV_ALLOW or name.startswith(ENV_ALLOW_PREFIXES):
+        return True
+    for pat in extra_allow:
+        if pat.endswith("*") and name.startswith(pat[:-1]) or name == pat:
+            return True
+    return False
+
+
+def filter_env(env, extra_allow=()):
+    """The allow-listed part of ``env`` (a mapping)."""
+    return {k: v for k, v in env.items() if env_allowed(k, extra_allow)}
+
+
+# Detection passes read PMS-local temp data: they must stay on the Plex host.
+BUILTIN_LOCAL_RULES = (
+    ({"cwd_contains": "PlexCreditsDetection"}, "credits detection runs in a PMS-local temp dir"),
+    ({"output_contains": "/Transcode/Detection/"}, "audio detection pass writes to PMS-local Transcode/Detection"),
+)
+
+
+def _rule_matches(rule, argv, cwd, outs):
+    get = rule.get if isinstance(rule, dict) else lambda k: getattr(rule, k, "")
+    checks = []
+    if get("cwd_contains"):
+        checks.append(get("cwd_contains") in cwd)
+    if get("argv_contains"):
+        checks.append(any(get("argv_contains") in a for a in argv))
+    if get("output_contains"):
+        checks.append(any(get("output_contains") in o for o in outs))
+    return bool(checks) and all(checks)
+
+
+def must_run_local(argv, cwd, rules=()):
+    """Reason why this job must run on the Plex host, or None."""
+    outs = plexargs.outputs(argv)
+    for rule, reason in BUILTIN_LOCAL_RULES:
+        if _rule_matches(rule, argv, cwd, outs):
+            return reason
+    for i, rule in enumerate(rules):
+        if _rule_matches(rule, argv, cwd, outs):
+            return f"local_rules[{i}] matched"
+    return None

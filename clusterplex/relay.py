@@ -1,0 +1,133 @@
+"""clusterplex-relay: forwards transcoder callbacks from workers to PMS.
+
+PMS trusts callbacks that come from loopback. The shim rewrites PMS's URL
+in the transcoder's arguments to ``<relay.advertise>/_cp/<job id>/<mac>``;
+the relay checks that capability (an HMAC of the job id with the cluster
+secret, so only jobs submitted by our shim get through), strips it, and
+streams the request to ``plex_url`` from 127.0.0.1, and the answer back.
+Only Plex's transcode and Live TV paths are forwarded; it is no open proxy.
+"""
+
+import asyncio
+import logging
+import re
+
+import aiohttp
+from aiohttp import web
+
+from . import config, daemon, protocol
+
+logger = logging.getLogger(__name__)
+
+ALLOWED_PREFIXES = ("/video/:/transcode/", "/livetv/")
+HOP_BY_HOP = frozenset(h.lower() for h in (
+    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
+    "Transfer-Encoding", "Upgrade", "Host", "Proxy-Connection"))
+_CAP_RE = re.compile(r"/_cp/([0-9A-Za-z]{8,64})/([0-9a-f]{32})(/.*)?\Z", re.S)
+_BAD_PATH = re.compile(r"(^|/)\.\.?(/|$)|//|%2f|%5c|%2e|\\|%00", re.I)
+CHUNK = 64 * 1024
+
+
+def route(raw_target, secret):
+    """Decide what to do with a raw request target (pure).
+
+    Returns ``(upstream path+query, None)`` or ``(None, (status, reason))``.
+    """
+    if not raw_target.startswith("/"):
+        return None, (403, "absolute-form or authority-form request targets are not accepted")
+    path, sep, query = raw_target.partition("?")
+    m = _CAP_RE.match(path)
+    if not m:
+        return None, (403, "missing job capability (requests must come from a ClusterPlex job)")
+    job_id, mac, rest = m.group(1), m.group(2), m.group(3) or "/"
+    if not protocol.check_relay_capability(secret, job_id, mac):
+        return None, (403, "invalid job capability")
+    if _BAD_PATH.search(rest):
+        return None, (403, "path not allowed")
+    if not rest.startswith(ALLOWED_PREFIXES):
+        return None, (403, "only Plex transcode and Live TV paths are relayed")
+    return rest + sep + query, None
+
+
+class Relay:
+    def __init__(self, cfg, config_path, notifier):
+        self.cfg = cfg
+        self.notifier = notifier
+        self.secret = None
+        self.http = None
+        self.listen_address = ""
+        self.log_once = daemon.LogOnce(logger)
+        self.requests = 0
+        self.refused = 0
+        self._runner = None
+
+    async def start(self):
+        self.secret = config.load_secret(self.cfg.secret_file)
+        self.http = aiohttp.ClientSession(
+            auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+            connector=aiohttp.TCPConnector(limit=0, force_close=False),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        host, port = self.cfg.relay.listen
+        self._runner, self.listen_address = await daemon.serve(app, host, port, "the relay")
+
+    def status_line(self):
+        return f"relaying to {self.cfg.plex_url}: {self.requests} requests, {self.refused} refused"
+
+    async def shutdown(self):
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.http is not None:
+            await self.http.close()
+
+    def _refuse(self, request, status, reason):
+        self.refused += 1
+        self.log_once.warning(("refused", request.remote), "refused %s %s from %s: %s", request.method,
+                              request.path[:200], request.remote, reason)
+        return web.Response(status=status, text=reason + "\n")
+
+    async def handle(self, request):
+        if request.method == "CONNECT":
+            return self._refuse(request, 405, "CONNECT is not allowed")
+        target, refusal = route(request.message.path if isinstance(request.message.path, str)
+                                else str(request.message.path), self.secret)
+        if refusal:
+            return self._refuse(request, *refusal)
+        self.requests += 1
+        url = self.cfg.plex_url + target
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        data = None
+        chunked = None
+        if request.body_exists:
+            data = request.content
+            if request.content_length is None:
+                chunked = True
+        try:
+            async with self.http.request(request.method, url, headers=headers, data=data, chunked=chunked,
+                                         allow_redirects=False, skip_auto_headers=("User-Agent", "Accept",
+                                                                                   "Accept-Encoding")) as up:
+                resp = web.StreamResponse(status=up.status, reason=up.reason)
+                for k, v in up.headers.items():
+                    if k.lower() not in HOP_BY_HOP:
+                        resp.headers.add(k, v)
+                if up.headers.get("Content-Length") is None:
+                    resp.enable_chunked_encoding()
+                await resp.prepare(request)
+                async for chunk in up.content.iter_any():
+                    await resp.write(chunk)
+                await resp.write_eof()
+                return resp
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
+            self.log_once.warning(("upstream",), "PMS at %s unreachable: %s", self.cfg.plex_url, e)
+            return web.Response(status=502, text=f"PMS unreachable at {self.cfg.plex_url}\n")
+        finally:
+            self.notifier.status(self.status_line())
+
+
+def main(argv=None):
+    return daemon.main("clusterplex-relay", "pms", Relay, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

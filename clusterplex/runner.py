@@ -1,0 +1,127 @@
+"""Running one transcoder on a worker: checks before start, the process, its end.
+
+The transcoder runs in its own process group (a new session) so a cancel
+reaches everything it started, and with PR_SET_PDEATHSIG so it dies with
+the worker even when the worker is SIGKILLed. A cancel is SIGTERM to the
+group, then SIGKILL after a short grace.
+"""
+
+import asyncio
+import ctypes
+import os
+import signal
+
+from . import args as plexargs
+from . import policy
+
+PR_SET_PDEATHSIG = 1
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+READ_CHUNK = 65536
+
+_libc = None
+
+
+def _die_with_parent(parent_pid):
+    """Runs in the child between fork and exec."""
+    def setup():
+        global _libc
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the worker died before prctl took effect
+            os._exit(1)
+    return setup
+
+
+def under(path, root):
+    """True if ``path`` (resolved) lies inside ``root`` (resolved)."""
+    path, root = os.path.realpath(path), os.path.realpath(root)
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def preflight(job, transcode_root, worker_name):
+    """Why this job cannot start here (a sentence for the admin), or None."""
+    cwd = job["cwd"]
+    if not under(cwd, transcode_root):
+        return (f"refusing cwd {cwd}: it is outside transcode_root {transcode_root} on worker {worker_name} "
+                f"(is transcode_root the same path as Plex's transcoder temporary directory?)")
+    if not os.path.isdir(cwd):
+        return (f"session directory {cwd} does not exist on worker {worker_name} "
+                f"(transcode directory not shared, or mounted at a different path? shares not mounted?)")
+    for path in plexargs.local_paths(plexargs.inputs(job["argv"]), cwd):
+        if not os.path.exists(path):
+            return (f"input {path} not found on worker {worker_name} "
+                    f"(media share not mounted, or mounted at a different path? shares not mounted?)")
+    return None
+
+
+def job_env(job, overrides):
+    """The transcoder's environment: allow-listed job env + the worker's own overrides."""
+    env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8"}
+    env.update(policy.filter_env(job.get("env", {})))
+    env.update(overrides)
+    env["CLUSTERPLEX_JOB_ID"] = job["id"]   # a shim that sees this must not forward again
+    return env
+
+
+class Transcode:
+    """One running transcoder. ``on_output(fd, bytes)`` is called as output arrives."""
+
+    def __init__(self, job, transcoder, env, on_output, kill_grace):
+        self.job = job
+        self.transcoder = transcoder
+        self.env = env
+        self.on_output = on_output
+        self.kill_grace = kill_grace
+        self.proc = None
+        self._pumps = []
+        self.cancelled = False
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    async def start(self):
+        self.proc = await asyncio.create_subprocess_exec(
+            self.transcoder, *self.job["argv"],
+            cwd=self.job["cwd"], env=self.env,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True, preexec_fn=_die_with_parent(os.getpid()),
+        )
+        loop = asyncio.get_running_loop()
+        self._pumps = [loop.create_task(self._pump(self.proc.stdout, 1)),
+                       loop.create_task(self._pump(self.proc.stderr, 2))]
+        return self.proc.pid
+
+    async def _pump(self, stream, fd):
+        while True:
+            data = await stream.read(READ_CHUNK)
+            if not data:
+                return
+            self.on_output(fd, data)
+
+    async def wait(self):
+        """Wait for the end; return (exit code, signal number or None)."""
+        rc = await self.proc.wait()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        self._killpg(signal.SIGKILL)   # nothing it started outlives it
+        if rc < 0:
+            return 128 - rc, -rc
+        return rc, None
+
+    def _killpg(self, sig):
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    async def terminate(self):
+        """SIGTERM the process group, SIGKILL after the grace period."""
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.cancelled = True
+        self._killpg(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.proc.wait()), self.kill_grace)
+        except asyncio.TimeoutError:
+            self._killpg(signal.SIGKILL)

@@ -1,0 +1,180 @@
+"""clusterplex-shim: stands at Plex's transcoder path and hands jobs to the cluster.
+
+PMS runs it with the transcoder's arguments, cwd and environment. It
+rewrites PMS's URL to the relay, keeps an allow-listed environment, submits
+the job to the orchestrator and then mirrors the remote transcoder: its
+output on our stdout/stderr, its exit code as ours. PMS stops a transcode by
+SIGKILLing us; the orchestrator sees our connection drop and cancels the
+remote job at once.
+
+Policy (``mode`` in pms.yaml): ``local`` execs Plex's original transcoder in
+place (same pid); ``both`` does so when no worker can take the job or it
+fails before the transcoder started; ``remote`` never runs locally. Jobs
+matching a local rule (detection passes, configured rules) always run here.
+
+Runs on every play and seek: standard library only (plus PyYAML to read the
+config), no asyncio, no aiohttp.
+"""
+
+import os
+import socket
+import sys
+
+from . import args as plexargs
+from . import config, policy, protocol
+from .miniws import WebSocket, WebSocketError
+
+EX_REMOTE_FAILED = 1
+RECV_TIMEOUT = 10.0      # the orchestrator pings every few seconds; silence this long = gone
+
+
+def say(msg):
+    try:
+        os.write(2, f"clusterplex: {msg}\n".encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+def exec_local(original, argv, why):
+    """Replace this process with Plex's own transcoder (PMS's SIGKILL then reaches it)."""
+    if why:
+        say(f"running locally: {why}")
+    try:
+        os.execv(original, [original] + argv)
+    except OSError as e:
+        say(f"cannot run Plex's transcoder {original}: {e.strerror}")
+        return 127
+
+
+class Remote:
+    """One remote run: connect, authenticate, submit, follow events."""
+
+    def __init__(self, cfg, secret, argv, cwd, environ):
+        self.cfg = cfg
+        self.secret = secret
+        self.job_id = protocol.new_job_id()
+        advertise = cfg.relay.advertise or f"http://{socket.gethostname()}:{cfg.relay.listen[1]}"
+        target = advertise + protocol.relay_prefix(secret, self.job_id)
+        self.argv = plexargs.rewrite_urls(argv, cfg.plex_url, target)
+        key, uuid = plexargs.session_of(argv)
+        self.job = {"id": self.job_id, "argv": self.argv, "cwd": cwd,
+                    "env": policy.filter_env(environ, cfg.env_allow),
+                    "session": f"{key}/{uuid}" if uuid else key}
+        self.started = False
+        self.ws = None
+
+    def connect(self):
+        host, port = split_url(self.cfg.orchestrator)
+        self.ws = WebSocket.connect(host, port, protocol.SHIM_PATH, self.cfg.connect_timeout)
+        hs = protocol.ClientHandshake(self.secret, protocol.ROLE_SHIM, protocol.ROLE_ORCHESTRATOR)
+        self.ws.send_text(protocol.encode(hs.on_hello(self._recv())))
+        hs.on_welcome(self._recv())
+        self.ws.settimeout(RECV_TIMEOUT)
+        self.ws.send_text(protocol.encode({"type": "submit", "job": self.job}))
+
+    def _recv(self):
+        text = self.ws.recv_text()
+        if text is None:
+            raise ConnectionResetError(f"orchestrator closed the connection (code {self.ws.close_code})")
+        return protocol.decode(text)
+
+    def follow(self):
+        """Mirror the job; return ("exit", code, signal) or ("failed", reason, fallback_ok)."""
+        while True:
+            msg = self._recv()
+            kind = msg["type"]
+            if kind == "out":
+                data = msg.get("data")
+                if isinstance(data, str):
+                    try:
+                        os.write(2 if msg.get("fd") == 2 else 1, data.encode("latin-1", "replace"))
+                    except OSError:
+                        pass
+            elif kind == "started":
+                self.started = True
+            elif kind == "exit":
+                code = msg.get("code")
+                sig = msg.get("signal")
+                return ("exit", code if isinstance(code, int) and 0 <= code <= 255 else 1,
+                        sig if isinstance(sig, int) and 0 < sig < 65 else None)
+            elif kind == "failed":
+                return ("failed", str(msg.get("reason") or "remote job failed"),
+                        bool(msg.get("fallback")) and not msg.get("started") and not self.started)
+            elif kind == "refused":
+                raise protocol.AuthError(str(msg.get("reason")))
+
+
+def split_url(url):
+    """``http://host:port/...`` -> (host, port)."""
+    hostport = url.partition("://")[2].split("/", 1)[0]
+    if hostport.startswith("["):
+        host, _, port = hostport[1:].partition("]")
+        port = port[1:]
+    elif ":" in hostport:
+        host, _, port = hostport.rpartition(":")
+    else:
+        host, port = hostport, ""
+    return host, int(port) if port else 80
+
+
+def run(argv, environ=None, cwd=None):
+    """The shim's logic; returns an exit code (or never returns: exec)."""
+    environ = os.environ if environ is None else environ
+    cfg_path = environ.get("CLUSTERPLEX_CONFIG") or config.default_path("pms")
+    try:
+        cfg = config.load("pms", cfg_path)
+    except config.ConfigError as e:
+        say(f"configuration error: {e}")
+        if os.path.exists(config.DIVERTED_TRANSCODER):
+            return exec_local(config.DIVERTED_TRANSCODER, argv, "falling back to Plex's transcoder")
+        return config.EX_CONFIG
+    original = cfg.original_transcoder
+    if environ.get("CLUSTERPLEX_JOB_ID"):
+        # A worker ran us as its transcoder: forwarding again would loop.
+        return exec_local(original, argv, "started by a ClusterPlex worker; not forwarding again")
+    if cfg.mode == "local":
+        return exec_local(original, argv, None)
+    cwd = cwd or os.getcwd()
+    why = policy.must_run_local(argv, cwd, cfg.local_rules)
+    if why:
+        return exec_local(original, argv, why)
+    try:
+        secret = config.load_secret(cfg.secret_file)
+    except config.ConfigError as e:
+        return fail_or_fallback(cfg, argv, f"cannot use the cluster: {e}", True)
+    remote = Remote(cfg, secret, argv, cwd, environ)
+    try:
+        remote.connect()
+        outcome = remote.follow()
+    except protocol.AuthError as e:
+        return fail_or_fallback(cfg, argv, f"orchestrator {cfg.orchestrator} refused us: {e}", not remote.started)
+    except (OSError, WebSocketError, protocol.ProtocolError) as e:
+        what = "unreachable" if not remote.ws else "connection lost"
+        return fail_or_fallback(cfg, argv, f"orchestrator {cfg.orchestrator} {what}: {e}", not remote.started)
+    if outcome[0] == "exit":
+        _, code, sig = outcome
+        if sig:
+            import signal
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+        return code
+    _, reason, fallback_ok = outcome
+    return fail_or_fallback(cfg, argv, reason, fallback_ok)
+
+
+def fail_or_fallback(cfg, argv, reason, fallback_ok):
+    if cfg.mode == "both" and fallback_ok:
+        return exec_local(cfg.original_transcoder, argv, reason)
+    say(f"remote transcode failed: {reason}")
+    return EX_REMOTE_FAILED
+
+
+def main():
+    try:
+        return run(sys.argv[1:])
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

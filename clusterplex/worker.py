@@ -1,0 +1,329 @@
+"""clusterplex-worker: runs transcodes for the orchestrator.
+
+It listens for authenticated orchestrator connections (``CONTROL_PATH``),
+reports its state (ready / not ready with the reason / draining) and load,
+runs only its configured transcoder in cwds under ``transcode_root``, and
+streams each job's output and exit code back. Jobs belong to the worker,
+not to a connection: if the orchestrator goes away a job keeps running for
+``detached_grace`` seconds (room for re-attaching), then it is stopped.
+"""
+
+import asyncio
+import logging
+import os
+import platform
+import socket
+import time
+
+import psutil
+from aiohttp import web
+
+from . import __version__, config, daemon, link, protocol, runner
+
+logger = logging.getLogger(__name__)
+
+READY, NOT_READY, DRAINING = "ready", "not_ready", "draining"
+RECHECK_INTERVAL = 2.0
+LOAD_INTERVAL = 1.0
+
+
+def is_shim(path):
+    """True if ``path`` is ClusterPlex's own shim (running it would loop back to us)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"#!") and b"clusterplex" in head
+
+
+def resolve_transcoder(path):
+    """(usable path or None, reason). A shim at Plex's path means: use Plex's diverted binary."""
+    if is_shim(path):
+        distrib = path + ".distrib"
+        if os.path.exists(distrib) and not is_shim(distrib):
+            return distrib, ""
+        return None, (f"transcoder {path} is the ClusterPlex shim, not Plex's transcoder; "
+                      f"point `transcoder` at Plex's real binary ({config.DIVERTED_TRANSCODER} on a Plex host)")
+    if not os.path.exists(path):
+        return None, f"transcoder {path} not found (install Plex Media Server here or set `transcoder`)"
+    if not os.access(path, os.X_OK) or os.path.isdir(path):
+        return None, f"transcoder {path} is not executable"
+    return path, ""
+
+
+class WorkerJob:
+    def __init__(self, spec, owner):
+        self.spec = spec
+        self.id = spec["id"]
+        self.owner = owner           # link.Peer or None when detached
+        self.transcode = None
+        self.task = None
+        self.detach_timer = None
+
+    def post(self, msg):
+        if self.owner is not None:
+            self.owner.post(msg)
+
+
+class Worker:
+    def __init__(self, cfg, config_path, notifier):
+        self.cfg = cfg
+        self.config_path = config_path
+        self.notifier = notifier
+        self.name = cfg.name or socket.gethostname()
+        self.secret = None
+        self.secret_error = ""
+        self.transcoder = None
+        self.state = NOT_READY
+        self.reason = "starting"
+        self.draining = False
+        self.jobs = {}
+        self.peers = set()
+        self.listen_address = ""
+        self.log_once = daemon.LogOnce(logger)
+        self._runner = None
+        self._tasks = set()
+        self._load_secret()
+
+    # --- state ---------------------------------------------------------------
+
+    @property
+    def max_jobs(self):
+        if self.cfg.max_jobs == "auto":
+            return max(1, (os.cpu_count() or 2) // 2)
+        return self.cfg.max_jobs
+
+    def _load_secret(self):
+        try:
+            self.secret = config.load_secret(self.cfg.secret_file)
+            self.secret_error = ""
+        except config.ConfigError as e:
+            self.secret, self.secret_error = None, str(e)
+
+    def evaluate(self):
+        """Recompute ready / not ready; tell everyone if it changed."""
+        reasons = []
+        if self.secret is None:
+            reasons.append(f"not joined: {self.secret_error}")
+        self.transcoder, why = resolve_transcoder(self.cfg.transcoder)
+        if why:
+            reasons.append(why)
+        root = self.cfg.transcode_root
+        if not os.path.isdir(root):
+            reasons.append(f"transcode_root {root} does not exist (shared transcode directory not mounted?)")
+        elif not os.access(root, os.W_OK | os.X_OK):
+            reasons.append(f"transcode_root {root} is not writable by uid {os.getuid()}")
+        if self.draining:
+            state, reason = DRAINING, "draining: finishing running jobs, taking no new ones"
+        elif reasons:
+            state, reason = NOT_READY, "; ".join(reasons)
+        else:
+            state, reason = READY, ""
+        if (state, reason) != (self.state, self.reason):
+            if state == NOT_READY:
+                logger.warning("not ready: %s", reason)
+            else:
+                logger.info("state %s%s", state, f" ({reason})" if reason else "")
+            self.state, self.reason = state, reason
+            self.broadcast_status()
+        self.notifier.status(self.status_line())
+
+    def status(self):
+        return {
+            "type": "status",
+            "name": self.name,
+            "state": self.state,
+            "reason": self.reason,
+            "max_jobs": self.max_jobs,
+            "cpus": os.cpu_count() or 1,
+            "benchmark": float(os.cpu_count() or 1),
+            "running": sorted(self.jobs),
+            "version": __version__,
+            "transcoder": self.transcoder or self.cfg.transcoder,
+            "hardware": {"cpus": os.cpu_count() or 1, "arch": platform.machine(),
+                         "memory": psutil.virtual_memory().total},
+        }
+
+    def status_line(self):
+        jobs = f"{len(self.jobs)}/{self.max_jobs} jobs running"
+        if self.state == READY:
+            return f"ready, {jobs}, {len(self.peers)} orchestrator(s) connected"
+        return f"{self.state}: {self.reason}; {jobs}"
+
+    def broadcast_status(self):
+        msg = self.status()
+        for peer in self.peers:
+            peer.post(msg)
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def start(self):
+        self.evaluate()
+        app = web.Application()
+        app.router.add_get("/health", self.health)
+        app.router.add_get(protocol.CONTROL_PATH, self.control)
+        host, port = self.cfg.listen
+        self._runner, self.listen_address = await daemon.serve(app, host, port, "orchestrator connections")
+        self._spawn(self._recheck_loop())
+        self._spawn(self._load_loop())
+        if self.cfg.discovery.enabled:
+            logger.info("mDNS announcement is not available in this version; orchestrators must list this "
+                        "worker (%s) in their static `workers`", self.listen_address)
+
+    def _spawn(self, coro):
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _recheck_loop(self):
+        """Notice fixes (share mounted, transcoder installed) without a restart."""
+        while True:
+            await asyncio.sleep(RECHECK_INTERVAL)
+            self.evaluate()
+
+    async def _load_loop(self):
+        psutil.cpu_percent(interval=None)
+        while True:
+            await asyncio.sleep(LOAD_INTERVAL)
+            msg = {"type": "load", "cpu": psutil.cpu_percent(interval=None), "running": sorted(self.jobs)}
+            for peer in self.peers:
+                peer.post(msg)
+
+    async def reload(self):
+        cfg = config.load("worker", self.config_path)
+        if cfg.listen != self.cfg.listen:
+            logger.warning("`listen` changed: restart the worker to apply it")
+        self.cfg = cfg
+        self.name = cfg.name or socket.gethostname()
+        self._load_secret()
+        logger.info("configuration reloaded")
+        self.evaluate()
+
+    async def shutdown(self):
+        self.draining = True
+        if self._runner is not None:
+            self.evaluate()
+        if self.jobs and self.cfg.drain_timeout > 0:
+            logger.info("draining: waiting up to %ss for %d job(s)", self.cfg.drain_timeout, len(self.jobs))
+            tasks = [j.task for j in self.jobs.values() if j.task]
+            await asyncio.wait(tasks, timeout=self.cfg.drain_timeout)
+        jobs = [j for j in self.jobs.values() if j.transcode]
+        if jobs:
+            logger.info("stopping %d running transcoder(s)", len(jobs))
+            await asyncio.gather(*(j.transcode.terminate() for j in jobs))
+            await asyncio.wait([j.task for j in jobs if j.task], timeout=5)
+        for peer in list(self.peers):
+            await peer.flush_and_close(code=1001, message=b"worker stopping")
+        for task in list(self._tasks):
+            task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # --- HTTP / control ----------------------------------------------------------
+
+    async def health(self, request):
+        return web.json_response({"name": self.name, "state": self.state, "reason": self.reason,
+                                  "running_jobs": len(self.jobs), "max_jobs": self.max_jobs})
+
+    async def control(self, request):
+        ws, ok = await link.accept(request, self.secret, protocol.ROLE_WORKER, (protocol.ROLE_ORCHESTRATOR,),
+                                   {"name": self.name}, self.log_once, heartbeat=2.0)
+        if not ok:
+            return ws
+        peer = link.Peer(ws, request.remote or "?")
+        self.peers.add(peer)
+        peer.post(self.status())
+        logger.info("orchestrator connected from %s", peer.name)
+        try:
+            async for msg in link.messages(ws, peer.name, self.log_once):
+                await self.on_message(peer, msg)
+        finally:
+            self.peers.discard(peer)
+            peer.abort()
+            self._detach(peer)
+            logger.info("orchestrator at %s disconnected", peer.name)
+        return ws
+
+    async def on_message(self, peer, msg):
+        kind = msg["type"]
+        if kind == "start":
+            await self.start_job(peer, msg.get("job"))
+        elif kind == "cancel":
+            job = self.jobs.get(msg.get("job_id"))
+            if job is not None and job.transcode is not None:
+                logger.info("job %s: cancel requested", job.id[:8])
+                self._spawn(job.transcode.terminate())
+        else:
+            self.log_once.warning(("type", peer.name, kind), "ignoring unknown message %r from %s", kind, peer.name)
+
+    async def start_job(self, peer, raw):
+        job_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else ""
+
+        def refuse(reason):
+            logger.warning("job %s refused: %s", job_id[:8] or "?", reason)
+            peer.post({"type": "refused", "job_id": job_id, "reason": reason})
+
+        try:
+            spec = protocol.check_job(raw)
+        except protocol.ProtocolError as e:
+            return refuse(f"malformed job: {e}")
+        if self.state != READY:
+            return refuse(f"worker {self.name} is {self.state}: {self.reason}")
+        if spec["id"] in self.jobs:
+            return refuse("duplicate job id")
+        if len(self.jobs) >= self.max_jobs:
+            return refuse(f"worker {self.name} is full ({len(self.jobs)}/{self.max_jobs} jobs)")
+        problem = runner.preflight(spec, self.cfg.transcode_root, self.name)
+        if problem:
+            return refuse(problem)
+        job = self.jobs[spec["id"]] = WorkerJob(spec, peer)
+        job.transcode = runner.Transcode(
+            spec, self.transcoder, runner.job_env(spec, self.cfg.env),
+            lambda fd, data: job.post({"type": "out", "job_id": job.id, "fd": fd, "data": data.decode("latin-1")}),
+            self.cfg.kill_grace)
+        try:
+            pid = await job.transcode.start()
+        except OSError as e:
+            del self.jobs[job.id]
+            return refuse(f"cannot start transcoder {self.transcoder} on worker {self.name}: {e.strerror}")
+        logger.info("job %s started: pid %d, cwd %s", job.id[:8], pid, spec["cwd"])
+        job.post({"type": "started", "job_id": job.id, "pid": pid, "t": time.time()})
+        job.task = self._spawn(self._finish(job))
+        self.broadcast_status()
+        self.notifier.status(self.status_line())
+
+    async def _finish(self, job):
+        code, sig = await job.transcode.wait()
+        self.jobs.pop(job.id, None)
+        if job.detach_timer is not None:
+            job.detach_timer.cancel()
+        how = f"signal {sig}" if sig else f"exit code {code}"
+        logger.info("job %s ended: %s%s", job.id[:8], how, " (cancelled)" if job.transcode.cancelled else "")
+        job.post({"type": "exit", "job_id": job.id, "code": code, "signal": sig})
+        self.broadcast_status()
+        self.notifier.status(self.status_line())
+
+    def _detach(self, peer):
+        """The orchestrator went away: keep its jobs for a grace period, then stop them."""
+        loop = asyncio.get_running_loop()
+        for job in self.jobs.values():
+            if job.owner is peer:
+                job.owner = None
+                logger.warning("job %s lost its orchestrator; stopping it in %ss unless re-attached",
+                               job.id[:8], self.cfg.detached_grace)
+                job.detach_timer = loop.call_later(self.cfg.detached_grace, self._expire, job)
+
+    def _expire(self, job):
+        if job.owner is None and job.transcode is not None:
+            logger.warning("job %s: no orchestrator re-attached; stopping it", job.id[:8])
+            self._spawn(job.transcode.terminate())
+
+
+def main(argv=None):
+    return daemon.main("clusterplex-worker", "worker", Worker, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
