@@ -99,7 +99,7 @@ class WorkerRegistry:
         rec.reason = str(status.get("reason") or "")[:500]
         rec.max_jobs = _int(status.get("max_jobs"), rec.max_jobs, 0, 4096)
         rec.cpus = _int(status.get("cpus"), rec.cpus, 1, 4096)
-        rec.benchmark = _num(status.get("benchmark"), rec.cpus)
+        rec.benchmark = _num(status.get("benchmark"), rec.benchmark)
         running = status.get("running")
         if isinstance(running, list):
             rec.reported_jobs = frozenset(j for j in running if isinstance(j, str))

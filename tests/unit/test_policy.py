@@ -1,0 +1,45 @@
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+from clusterplex import policy
+
+FIXTURES = Path(__file__).resolve().parent.parent / "data" / "plex-argv"
+
+
+def fixture(name):
+    return json.loads(next(FIXTURES.glob(f"{name}-*.json")).read_text())
+
+
+def test_env_filter_keeps_plex_variables_and_drops_dangerous_ones():
+    env = {"X_PLEX_TOKEN": "t", "FFMPEG_EXTERNAL_LIBS": "/c\\ d/", "EAE_ROOT": "/tmp/e",
+           "PLEX_MEDIA_SERVER_INFO_MODEL": "x86_64", "LC_ALL": "C", "TZ": "UTC",
+           "LD_PRELOAD": "/evil.so", "LD_LIBRARY_PATH": "/x", "PYTHONPATH": "/p", "PYTHONSTARTUP": "/p",
+           "PATH": "/bin", "HOME": "/root", "SSH_AUTH_SOCK": "/s", "CLUSTERPLEX_CONFIG": "/c",
+           "NOTIFY_SOCKET": "/run/n", "RANDOM_THING": "1"}
+    assert policy.filter_env(env) == {"X_PLEX_TOKEN": "t", "FFMPEG_EXTERNAL_LIBS": "/c\\ d/", "EAE_ROOT": "/tmp/e",
+                                      "PLEX_MEDIA_SERVER_INFO_MODEL": "x86_64", "LC_ALL": "C", "TZ": "UTC"}
+
+
+def test_env_extra_allow_never_overrides_the_deny_list():
+    env = {"MY_VAR": "1", "MY_OTHER": "2", "LD_PRELOAD": "x", "PYTHONHOME": "y", "PATH": "/bin"}
+    assert policy.filter_env(env, ["MY_*", "LD_PRELOAD", "PYTHON*", "PATH"]) == {"MY_VAR": "1", "MY_OTHER": "2"}
+    assert policy.filter_env(env, ["MY_VAR"]) == {"MY_VAR": "1"}
+
+
+def test_detection_and_credits_stay_local():
+    assert "detection" in policy.must_run_local(fixture("F5"), "/transcode/Transcode/Sessions/x")
+    assert "credits" in policy.must_run_local(["-i", "a"], "/tmp/PlexCreditsDetection-12/x")
+    for name in ("F1", "F2", "F3", "F4", "F6"):
+        assert policy.must_run_local(fixture(name), "/transcode/Transcode/Sessions/plex-transcode-x") is None
+
+
+def test_configured_rules_all_conditions_must_match():
+    rules = [SimpleNamespace(cwd_contains="", argv_contains="eac3_eae", output_contains=""),
+             {"cwd_contains": "Sessions", "argv_contains": "", "output_contains": "Plex Versions"}]
+    assert policy.must_run_local(fixture("F4"), "/elsewhere", rules) == "local_rules[0] matched"
+    assert policy.must_run_local(fixture("F1"), "/t/Sessions/x", rules) is None
+    assert policy.must_run_local(["-i", "a", "/m/Plex Versions/x.mp4"], "/t/Sessions/x", rules[1:]) == \
+        "local_rules[0] matched"
+    empty = [SimpleNamespace(cwd_contains="", argv_contains="", output_contains="")]
+    assert policy.must_run_local(fixture("F1"), "/x", empty) is None
