@@ -133,8 +133,13 @@ class Orchestrator:
 
     def status_line(self):
         ready, total = self.registry.counts()
+        others = {}
+        for w in self.registry:
+            if w.state != registry.READY:
+                others[w.state] = others.get(w.state, 0) + 1
         running = sum(1 for j in self.jobs.active() if j.state == jobs.RUNNING)
-        return f"{ready} of {total} workers ready, {running} jobs running"
+        states = "".join(f", {n} {state}" for state, n in sorted(others.items()))
+        return f"{ready} of {total} workers ready{states}, {running} jobs running"
 
     def _update_status(self):
         self.notifier.status(self.status_line())

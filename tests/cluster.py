@@ -119,19 +119,30 @@ class Daemon:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout=15):
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
+        if self.proc is None:
+            return None
         try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+                    raise
+            return self.proc.returncode
+        finally:
+            self._close()
 
     def kill(self):
         self.proc.kill()
         self.proc.wait()
+
+    def _close(self):
+        if self._reader is not None:
+            self._reader.join(5)
+        if self._sock is not None:
+            self._sock.close()
 
     @property
     def url(self):
@@ -168,7 +179,7 @@ class Cluster:
     """fake PMS + relay + orchestrator + N workers on loopback, all real processes."""
 
     def __init__(self, root, workers=2, strategy="LOAD_TASKS", max_jobs=2, worker_overrides=None,
-                 secret=SECRET, worker_secret=None):
+                 secret=SECRET, worker_secret=None, wait_ready=True):
         self.root = Path(root)
         self.n_workers = workers
         self.strategy = strategy
@@ -176,6 +187,7 @@ class Cluster:
         self.worker_overrides = worker_overrides or {}
         self.secret = secret
         self.worker_secret = worker_secret
+        self.wait_ready = wait_ready
         self.transcode_root = self.root / "transcode"
         self.sessions = self.transcode_root / "Transcode" / "Sessions"
         self.media = self.root / "media"
@@ -204,7 +216,8 @@ class Cluster:
                 self.root))
             self.relay = self._start(Daemon("relay", command("clusterplex-relay") +
                                             ["--config", str(self.pms_config("relay"))], self.root))
-            self.wait_workers_ready(self.n_workers)
+            if self.wait_ready:
+                self.wait_workers_ready(self.n_workers)
         except BaseException:
             self.stop()
             raise

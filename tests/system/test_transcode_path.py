@@ -1,0 +1,346 @@
+"""End to end on loopback: shim -> orchestrator -> worker -> stand-in transcoder
+(real ffmpeg) -> relay -> fake PMS. Every piece is a real process."""
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from tests import cluster as cl
+from tests.fakes import fixtures
+
+pytestmark = pytest.mark.system
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("media")
+    clip = d / "clip.mkv"
+    fixtures.make_clip(str(clip), seconds=6)
+    return clip
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with cl.Cluster(tmp_path_factory.mktemp("cluster"), workers=2) as c:
+        yield c
+
+
+def new_session(c):
+    key, uid = f"s{uuid.uuid4().hex[:12]}", str(uuid.uuid4())
+    return key, uid, c.session_dir(key, uid)
+
+
+def plex_job(c, name, media, **kw):
+    key, uid, sdir = new_session(c)
+    argv = fixtures.instantiate(fixtures.load_argv(name), input_path=str(media), session_dir=str(sdir),
+                                plex_url="http://127.0.0.1:32400", session_key=key, job_uuid=uid)
+    return argv, sdir, key, uid
+
+
+def held_job(c, media, *extra):
+    """A job whose stand-in transcoder waits (so tests can act while it runs)."""
+    key, uid, sdir = new_session(c)
+    pidfile = sdir / "pids.json"
+    argv = ["-x_test_pidfile", str(pidfile), "-x_test_stderr", "transcoder-up", "-x_test_hold", "60",
+            *extra, "-i", str(media), "-progressurl",
+            f"http://127.0.0.1:32400/video/:/transcode/session/{key}/{uid}/progress", "out.ts"]
+    return argv, sdir, pidfile
+
+
+def read_until(stream, needle, timeout):
+    """Read a pipe until ``needle`` shows up (event-driven, bounded)."""
+    buf = b""
+    deadline = time.monotonic() + timeout
+    fd = stream.fileno()
+    while needle.encode() not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise TimeoutError(f"{needle!r} not seen; got {buf!r}")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise EOFError(f"{needle!r} not seen before EOF; got {buf!r}")
+        buf += chunk
+    return buf
+
+
+def finish(proc, timeout=60):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def kill(proc):
+    """SIGKILL, reap, close the pipes."""
+    proc.kill()
+    proc.communicate(timeout=10)
+
+
+def ffprobe_ok(path):
+    r = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type", "-of", "json", str(path)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return [s["codec_type"] for s in json.loads(r.stdout)["streams"]]
+
+
+def progress_calls(c, key):
+    return [r for r in c.pms_requests() if f"/session/{key}/" in r["path"]]
+
+
+# --- the transcode path ------------------------------------------------------------
+
+def test_dash_through_the_cluster(cluster, media):
+    argv, sdir, key, uid = plex_job(cluster, "F1", media)
+    rc, out, err = finish(cluster.shim(argv, sdir, mode="remote"))
+    assert rc == 0, err
+    init = sdir / "init-stream0.m4s"
+    chunks = sorted(sdir.glob("chunk-stream0-*.m4s"))
+    assert init.exists() and chunks, sorted(p.name for p in sdir.iterdir())
+    joined = sdir / "probe.mp4"
+    joined.write_bytes(init.read_bytes() + chunks[0].read_bytes())
+    assert "video" in ffprobe_ok(joined)
+    calls = progress_calls(cluster, key)
+    progress = [r for r in calls if r["method"] == "PUT" and r["path"].endswith("/progress")]
+    assert progress and all(r["headers"].get("X-Plex-Token") == cl.PLEX_TOKEN for r in progress)
+    assert all(r["remote"] == "127.0.0.1" for r in calls)
+    assert all("/_cp/" not in r["path"] for r in calls)
+    manifests = [r for r in calls if r["method"] == "POST" and r["path"].endswith("/manifest")]
+    assert manifests and "<MPD" in manifests[-1]["body"]
+    cluster.relay.wait_status(r": [1-9]\d* requests", 10)
+    job = next(j for j in cluster.api("/api/v1/jobs") if j["session"] == f"{key}/{uid}")
+    assert job["state"] == "exited" and job["exit_code"] == 0 and job["worker"] in ("worker0", "worker1")
+
+
+def test_hls_with_seek_and_sidecar_subtitles(cluster, media):
+    argv, sdir, key, uid = plex_job(cluster, "F2", media)
+    argv = ["2" if prev == "-ss" else a for prev, a in zip([""] + argv, argv)]   # seek inside the short clip
+    fixtures.make_srt(str(sdir / "temp-0.srt"))
+    rc, out, err = finish(cluster.shim(argv, sdir, mode="remote"))
+    assert rc == 0, err
+    segments = sorted(sdir.glob("media-*.ts"))
+    assert segments and segments[0].name == "media-00028.ts", sorted(p.name for p in sdir.iterdir())
+    # matroska segments without their own header (-individual_header_trailer 0): PMS serves header + segment
+    joined = sdir / "probe.mkv"
+    joined.write_bytes((sdir / "header").read_bytes() + segments[0].read_bytes())
+    assert "video" in ffprobe_ok(joined)
+    manifests = [r for r in progress_calls(cluster, key) if r["method"] == "POST" and "/manifest" in r["path"]]
+    assert manifests and "media-00028.ts" in manifests[-1]["body"]
+
+
+@pytest.mark.parametrize("code", [0, 187])
+def test_exit_code_comes_back_exactly(cluster, media, code):
+    argv, sdir, _ = held_job(cluster, media)
+    argv = [a for a in argv if a not in ("-x_test_hold", "60")] + ["-x_test_exit", str(code)]
+    rc, out, err = finish(cluster.shim(argv, sdir, mode="remote"))
+    assert rc == code, err
+    assert "transcoder-up" in err
+
+
+def test_transcoder_failure_exit_1_and_stderr(cluster, media):
+    key, uid, sdir = new_session(cluster)
+    garbage = sdir / "not-media.mkv"
+    garbage.write_text("this is not a video\n")
+    argv = fixtures.instantiate(fixtures.load_argv("F1"), input_path=str(garbage), session_dir=str(sdir),
+                                session_key=key, job_uuid=uid)
+    rc, out, err = finish(cluster.shim(argv, sdir, mode="remote"))
+    assert rc == 1
+    assert "not-media.mkv" in err
+
+
+def test_stderr_is_streamed_while_the_job_runs(cluster, media):
+    argv, sdir, pidfile = held_job(cluster, media)
+    shim = cluster.shim(argv, sdir, mode="remote")
+    try:
+        read_until(shim.stderr, "transcoder-up", 20)   # arrives while the transcoder still runs
+        assert shim.poll() is None
+    finally:
+        kill(shim)
+
+
+# --- nothing left running ------------------------------------------------------------
+
+def test_sigkill_of_the_shim_kills_the_remote_transcoder(cluster, media):
+    argv, sdir, pidfile = held_job(cluster, media)
+    shim = cluster.shim(argv, sdir, mode="remote")
+    read_until(shim.stderr, "transcoder-up", 20)
+    pid = json.loads(pidfile.read_text())["pid"]
+    assert cl.pid_alive(pid)
+    t0 = time.monotonic()
+    kill(shim)
+    assert cl.wait_pid_gone(pid, 2.0), "remote transcoder still running 2 s after the shim died"
+    assert time.monotonic() - t0 < 2.0
+    cluster.orchestrator.wait_status(r"0 jobs running", 10)
+
+
+def test_sigkill_of_the_shim_during_a_real_transcode_leaves_no_ffmpeg(cluster, tmp_path):
+    long_clip = tmp_path / "long.mkv"
+    fixtures.make_clip(str(long_clip), seconds=30)
+    argv, sdir, key, uid = plex_job(cluster, "F1", long_clip)
+    pidfile = sdir / "pids.json"
+    argv = ["-x_test_pidfile", str(pidfile), "-re"] + argv      # -re: real time, so it is still running
+    shim = cluster.shim(argv, sdir, mode="remote")
+    cluster.pms_wait(f"/session/{key}/{uid}/progress", count=3, timeout=30)
+    pids = json.loads(pidfile.read_text())
+    assert pids.get("ffmpeg_pid") and cl.pid_alive(pids["ffmpeg_pid"])
+    kill(shim)
+    assert cl.wait_pid_gone(pids["pid"], 2.0)
+    assert cl.wait_pid_gone(pids["ffmpeg_pid"], 2.0)
+
+
+def test_sigkill_of_a_worker_leaves_no_transcoder(tmp_path, media):
+    with cl.Cluster(tmp_path, workers=1) as c:
+        argv, sdir, pidfile = held_job(c, media)
+        shim = c.shim(argv, sdir, mode="remote")
+        read_until(shim.stderr, "transcoder-up", 20)
+        pid = json.loads(pidfile.read_text())["pid"]
+        c.workers[0].kill()
+        assert cl.wait_pid_gone(pid, 2.0), "transcoder outlived its SIGKILLed worker"
+        rc, out, err = finish(shim, 20)
+        assert rc == 1 and "lost" in err
+        c.orchestrator.wait_status(r"^0 of 1 workers ready", 10)
+
+
+# --- clear refusals ------------------------------------------------------------------
+
+def test_missing_media_gives_a_clear_error(cluster, media):
+    key, uid, sdir = new_session(cluster)
+    argv = fixtures.instantiate(fixtures.load_argv("F1"), input_path="/srv/not-mounted/movie.mkv",
+                                session_dir=str(sdir), session_key=key, job_uuid=uid)
+    rc, out, err = finish(cluster.shim(argv, sdir, mode="remote"))
+    assert rc == 1
+    assert "input /srv/not-mounted/movie.mkv not found on worker worker0" in err
+    assert "worker1" in err and "shares not mounted?" in err
+
+
+def test_cwd_outside_the_transcode_root_is_refused(cluster, media, tmp_path):
+    argv, _, _ = held_job(cluster, media)
+    rc, out, err = finish(cluster.shim(argv, tmp_path, mode="remote"))
+    assert rc == 1
+    assert f"refusing cwd {tmp_path}: it is outside transcode_root" in err
+
+
+def test_wrong_secret_is_refused_and_logged(cluster, media, tmp_path):
+    wrong = tmp_path / "wrong-secret"
+    wrong.write_text("w" * 40 + "\n")
+    argv, sdir, _ = held_job(cluster, media)
+    cfg = cluster.pms_config("wrong-secret", mode="remote", secret_file=str(wrong))
+    rc, out, err = finish(cluster.shim(argv, sdir, config=cfg))
+    assert rc == 1 and "refused" in err
+    assert "refused unauthenticated connection from 127.0.0.1: wrong cluster secret" in cluster.orchestrator.log()
+
+
+def test_worker_with_wrong_secret_is_never_used(tmp_path, media):
+    with cl.Cluster(tmp_path, workers=1, worker_secret="x" * 40, wait_ready=False) as c:
+        c.orchestrator.wait_status(r"1 offline", 10)
+        [w] = c.api("/api/v1/workers")
+        assert w["state"] == "offline" and "authentication failed" in w["reason"]
+        argv, sdir, _ = held_job(c, media)
+        rc, out, err = finish(c.shim(argv, sdir, mode="remote"))
+        assert rc == 1 and "no worker available" in err
+    assert "refused unauthenticated connection from 127.0.0.1: wrong cluster secret" in c.workers[0].log()
+
+
+# --- modes ---------------------------------------------------------------------------
+
+def test_mode_local_execs_the_original_transcoder_in_place(cluster, media):
+    argv, sdir, _ = held_job(cluster, media)
+    start = sdir / "start.json"
+    argv = [a for a in argv if a not in ("-x_test_hold", "60")] + ["-x_test_startfile", str(start),
+                                                                    "-x_test_exit", "0"]
+    shim = cluster.shim(argv, sdir, mode="local")
+    rc, out, err = finish(shim)
+    assert rc == 0
+    assert json.loads(start.read_text())["pid"] == shim.pid
+
+
+def test_detection_jobs_run_locally_in_every_mode(cluster, media):
+    argv, sdir, key, uid = plex_job(cluster, "F5", media)
+    argv[-1] = str(cluster.transcode_root / "Transcode" / "Detection" / uid)   # as PMS writes it
+    start = sdir / "start.json"
+    argv += ["-x_test_startfile", str(start), "-x_test_exit", "0"]
+    shim = cluster.shim(argv, sdir, mode="remote")
+    rc, out, err = finish(shim)
+    assert rc == 0 and json.loads(start.read_text())["pid"] == shim.pid
+    assert "detection" in err
+
+
+def test_mode_both_falls_back_when_the_job_cannot_start_remotely(cluster, media):
+    key, uid, sdir = new_session(cluster)
+    start = sdir / "start.json"
+    argv = ["-x_test_startfile", str(start), "-x_test_exit", "0", "-i", "/srv/not-mounted/x.mkv", "o.ts"]
+    shim = cluster.shim(argv, sdir, mode="both")
+    rc, out, err = finish(shim)
+    assert rc == 0 and json.loads(start.read_text())["pid"] == shim.pid
+    assert "running locally" in err and "not found on worker" in err
+
+
+def test_modes_when_the_orchestrator_is_unreachable(cluster, media):
+    argv, sdir, _ = held_job(cluster, media)
+    start = sdir / "start.json"
+    argv = [a for a in argv if a not in ("-x_test_hold", "60")] + ["-x_test_startfile", str(start),
+                                                                    "-x_test_exit", "0"]
+    for mode in ("remote", "both"):
+        cfg = cluster.pms_config(f"down-{mode}", mode=mode, orchestrator="http://127.0.0.1:9")
+        shim = cluster.shim(argv, sdir, config=cfg)
+        rc, out, err = finish(shim)
+        if mode == "remote":
+            assert rc == 1 and "unreachable" in err and len(err.strip().splitlines()) == 1
+            assert not start.exists()
+        else:
+            assert rc == 0 and json.loads(start.read_text())["pid"] == shim.pid
+
+
+# --- API and CLI ---------------------------------------------------------------------
+
+def test_api_and_status(cluster):
+    assert cluster.api("/health")["status"] == "ok"
+    workers = cluster.api("/api/v1/workers")
+    assert sorted(w["name"] for w in workers) == ["worker0", "worker1"]
+    for w in workers:
+        assert w["state"] == "ready" and w["address"].startswith("127.0.0.1:") and "running_jobs" in w
+    r = subprocess.run(cl.command("clusterplex") + ["status", "--orchestrator", cluster.orchestrator.url],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "2 of 2 workers ready" in r.stdout and "worker0" in r.stdout and "worker1" in r.stdout
+    r = subprocess.run(cl.command("clusterplex") + ["status", "--orchestrator", "http://127.0.0.1:9"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 69 and "cannot reach the orchestrator" in r.stderr
+
+
+def test_burst_spreads_over_workers_and_respects_max_jobs(tmp_path, media):
+    with cl.Cluster(tmp_path, workers=3, max_jobs=2) as c:
+        shims = []
+        try:
+            for _ in range(6):
+                argv, sdir, _ = held_job(c, media)
+                shims.append(c.shim(argv, sdir, mode="remote"))
+            for s in shims:
+                read_until(s.stderr, "transcoder-up", 30)
+            assert sorted(w["running_jobs"] for w in c.api("/api/v1/workers")) == [2, 2, 2]
+            argv, sdir, _ = held_job(c, media)
+            rc, out, err = finish(c.shim(argv, sdir, mode="remote"), 30)   # a 7th finds no room
+            assert rc == 1 and "full (2/2)" in err
+        finally:
+            for s in shims:
+                kill(s)
+        c.orchestrator.wait_status(r"0 jobs running", 10)
+
+
+def test_worker_not_ready_until_its_transcoder_exists(tmp_path, media):
+    missing = tmp_path / "bin" / "transcoder"
+    with cl.Cluster(tmp_path, workers=1, worker_overrides={0: {"transcoder": str(missing)}}, wait_ready=False) as c:
+        c.orchestrator.wait_status(r"1 not_ready", 10)
+        [w] = c.api("/api/v1/workers")
+        assert w["state"] == "not_ready" and f"transcoder {missing} not found" in w["reason"]
+        assert "not ready" in c.workers[0].log()
+        argv, sdir, _ = held_job(c, media)
+        rc, out, err = finish(c.shim(argv, sdir, mode="remote"))
+        assert rc == 1 and "not found" in err
+        missing.parent.mkdir()
+        shutil.copy(cl.STANDIN, missing)
+        c.orchestrator.wait_status(r"^1 of 1 workers ready", 15)
