@@ -67,7 +67,7 @@ class Relay:
             auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
             connector=aiohttp.TCPConnector(limit=0, force_close=False),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
-        app = web.Application(client_max_size=1 << 30)
+        app = web.Application(client_max_size=1 << 30, middlewares=[self.guard])
         app.router.add_route("*", "/{tail:.*}", self.handle)
         host, port = self.cfg.relay.listen
         self._runner, self.listen_address = await daemon.serve(app, host, port, "the relay")
@@ -87,9 +87,14 @@ class Relay:
                               request.path[:200], request.remote, reason)
         return web.Response(status=status, text=reason + "\n")
 
-    async def handle(self, request):
+    @web.middleware
+    async def guard(self, request, handler):
+        """Runs before routing decisions count: CONNECT and odd targets never reach a handler."""
         if request.method == "CONNECT":
-            return self._refuse(request, 405, "CONNECT is not allowed")
+            return self._refuse(request, 405, "CONNECT is not allowed: this is not an open proxy")
+        return await handler(request)
+
+    async def handle(self, request):
         target, refusal = route(request.message.path if isinstance(request.message.path, str)
                                 else str(request.message.path), self.secret)
         if refusal:
