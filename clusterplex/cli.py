@@ -51,7 +51,7 @@ def cmd_status(opts):
     ready = sum(1 for w in workers if w["state"] == "ready")
     print(f"Orchestrator {base}: {ready} of {len(workers)} workers ready")
     print(_table([(w["name"], w["address"], w["state"], f"{w['running_jobs']}/{w['max_jobs']}",
-                   f"{w['load']['cpu']}%", w.get("reason") or "") for w in workers],
+                   f"{w['load']['cpu']}%", w.get("reason") or "") for w in sorted(workers, key=lambda w: w["name"])],
                  ("worker", "address", "state", "jobs", "cpu", "reason")))
     running = [j for j in jobs if j["state"] in ("pending", "assigned", "running")]
     print(f"\nRunning jobs: {len(running)}")

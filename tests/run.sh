@@ -1,0 +1,12 @@
+#!/bin/bash
+# The test command (README): set up, then run the whole suite twice, on Debian 12's
+# packaged libraries and on current PyPI releases. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tests/setup.sh --pypi
+status=0
+for env in debian pypi; do
+    echo "=== tests on .venv-$env: $(.venv-$env/bin/python -c 'import aiohttp, zeroconf, yaml, psutil; print("aiohttp", aiohttp.__version__, "zeroconf", zeroconf.__version__, "PyYAML", yaml.__version__, "psutil", psutil.__version__)')"
+    .venv-$env/bin/python -m pytest -p no:cacheprovider "$@" || status=$?
+done
+exit $status
