@@ -39,20 +39,6 @@ def summary(name, values, unit="ms", target=""):
     return statistics.median(v)
 
 
-def read_until(proc, needle, timeout=20):
-    import select
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while needle not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([proc.stderr], [], [], left)[0]:
-            raise TimeoutError(needle)
-        chunk = os.read(proc.stderr.fileno(), 65536)
-        if not chunk:
-            raise EOFError(buf)
-        buf += chunk
-
-
 def rss_mb(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -112,7 +98,7 @@ def main():
             argv = job_argv(c, sdir, key, uid, media, "-x_test_pidfile", str(pidfile), "-x_test_stderr", "up",
                             "-x_test_hold", "60")
             p = c.shim(argv, sdir, config=cfg_remote)
-            read_until(p, b"up")
+            cl.read_until(p.stderr, "up", 20)
             pid = json.loads(pidfile.read_text())["pid"]
             if i < 5:
                 shim_rss.append(rss_mb(p.pid))

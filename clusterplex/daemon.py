@@ -132,7 +132,7 @@ def main(prog, kind, factory, argv=None):
     """Entry point of a daemon: parse args, load config, run, return the exit code."""
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--config", default=config.default_path(kind),
-                        help=f"configuration file (default: %(default)s)")
+                        help="configuration file (default: %(default)s)")
     parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
     opts = parser.parse_args(argv)
     try:

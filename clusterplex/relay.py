@@ -108,6 +108,7 @@ class Relay:
             data = request.content
             if request.content_length is None:
                 chunked = True
+        resp = None
         try:
             async with self.http.request(request.method, url, headers=headers, data=data, chunked=chunked,
                                          allow_redirects=False, skip_auto_headers=("User-Agent", "Accept",
@@ -124,6 +125,9 @@ class Relay:
                 await resp.write_eof()
                 return resp
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
+            if resp is not None and resp.prepared:
+                logger.warning("PMS connection broke while relaying %s: %s", request.path[:200], e)
+                raise   # the client sees the stream end early, as it would talking to PMS directly
             self.log_once.warning(("upstream",), "PMS at %s unreachable: %s", self.cfg.plex_url, e)
             return web.Response(status=502, text=f"PMS unreachable at {self.cfg.plex_url}\n")
         finally:

@@ -167,6 +167,22 @@ def wait_pid_gone(pid, timeout):
         os.close(fd)
 
 
+def read_until(stream, needle, timeout):
+    """Read a pipe until ``needle`` (str) shows up; bounded, event-driven. Returns what was read."""
+    buf = b""
+    deadline = time.monotonic() + timeout
+    fd = stream.fileno()
+    while needle.encode() not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise TimeoutError(f"{needle!r} not seen; got {buf!r}")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise EOFError(f"{needle!r} not seen before EOF; got {buf!r}")
+        buf += chunk
+    return buf
+
+
 def pid_alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -4,7 +4,6 @@ ffmpeg transcode of a generated clip through the whole path.
     sudo bash tests/demo.sh          (sets up, then runs this)
 """
 
-import json
 import subprocess
 import sys
 import time

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster import pid_alive, wait_pid_gone
 from tests.fakes import fixtures as fx
 from tests.fakes.fake_pms import FakePMS
 
@@ -149,25 +150,6 @@ def concat(out, *parts):
 
 def numbers(files, rx):
     return sorted(int(re.fullmatch(rx, f.name).group(1)) for f in files)
-
-
-def wait_pid_gone(pid, timeout):
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
-
-
-def pid_alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
 
 
 def closed_port():

@@ -2,10 +2,7 @@
 (real ffmpeg) -> relay -> fake PMS. Every piece is a real process."""
 
 import json
-import os
-import select
 import shutil
-import signal
 import subprocess
 import time
 import uuid
@@ -52,22 +49,6 @@ def held_job(c, media, *extra):
             *extra, "-i", str(media), "-progressurl",
             f"http://127.0.0.1:32400/video/:/transcode/session/{key}/{uid}/progress", "out.ts"]
     return argv, sdir, pidfile
-
-
-def read_until(stream, needle, timeout):
-    """Read a pipe until ``needle`` shows up (event-driven, bounded)."""
-    buf = b""
-    deadline = time.monotonic() + timeout
-    fd = stream.fileno()
-    while needle.encode() not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise TimeoutError(f"{needle!r} not seen; got {buf!r}")
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            raise EOFError(f"{needle!r} not seen before EOF; got {buf!r}")
-        buf += chunk
-    return buf
 
 
 def finish(proc, timeout=60):
@@ -156,7 +137,7 @@ def test_stderr_is_streamed_while_the_job_runs(cluster, media):
     argv, sdir, pidfile = held_job(cluster, media)
     shim = cluster.shim(argv, sdir, mode="remote")
     try:
-        read_until(shim.stderr, "transcoder-up", 20)   # arrives while the transcoder still runs
+        cl.read_until(shim.stderr, "transcoder-up", 20)   # arrives while the transcoder still runs
         assert shim.poll() is None
     finally:
         kill(shim)
@@ -167,7 +148,7 @@ def test_stderr_is_streamed_while_the_job_runs(cluster, media):
 def test_sigkill_of_the_shim_kills_the_remote_transcoder(cluster, media):
     argv, sdir, pidfile = held_job(cluster, media)
     shim = cluster.shim(argv, sdir, mode="remote")
-    read_until(shim.stderr, "transcoder-up", 20)
+    cl.read_until(shim.stderr, "transcoder-up", 20)
     pid = json.loads(pidfile.read_text())["pid"]
     assert cl.pid_alive(pid)
     t0 = time.monotonic()
@@ -196,7 +177,7 @@ def test_sigkill_of_a_worker_leaves_no_transcoder(tmp_path, media):
     with cl.Cluster(tmp_path, workers=1) as c:
         argv, sdir, pidfile = held_job(c, media)
         shim = c.shim(argv, sdir, mode="remote")
-        read_until(shim.stderr, "transcoder-up", 20)
+        cl.read_until(shim.stderr, "transcoder-up", 20)
         pid = json.loads(pidfile.read_text())["pid"]
         c.workers[0].kill()
         assert cl.wait_pid_gone(pid, 2.0), "transcoder outlived its SIGKILLed worker"
@@ -320,7 +301,7 @@ def test_burst_spreads_over_workers_and_respects_max_jobs(tmp_path, media):
                 argv, sdir, _ = held_job(c, media)
                 shims.append(c.shim(argv, sdir, mode="remote"))
             for s in shims:
-                read_until(s.stderr, "transcoder-up", 30)
+                cl.read_until(s.stderr, "transcoder-up", 30)
             assert sorted(w["running_jobs"] for w in c.api("/api/v1/workers")) == [2, 2, 2]
             argv, sdir, _ = held_job(c, media)
             rc, out, err = finish(c.shim(argv, sdir, mode="remote"), 30)   # a 7th finds no room
