@@ -312,6 +312,16 @@ def test_burst_spreads_over_workers_and_respects_max_jobs(tmp_path, media):
         c.orchestrator.wait_status(r"0 jobs running", 10)
 
 
+def test_worker_not_ready_until_its_transcode_root_is_mounted(tmp_path, media):
+    root = tmp_path / "mnt" / "transcode"
+    with cl.Cluster(tmp_path, workers=1, worker_overrides={0: {"transcode_root": str(root)}}, wait_ready=False) as c:
+        c.orchestrator.wait_status(r"1 not_ready", 10)
+        [w] = c.api("/api/v1/workers")
+        assert f"transcode_root {root} does not exist (shared transcode directory not mounted?)" in w["reason"]
+        root.mkdir(parents=True)       # the share gets mounted
+        c.orchestrator.wait_status(r"^1 of 1 workers ready", 15)
+
+
 def test_worker_not_ready_until_its_transcoder_exists(tmp_path, media):
     missing = tmp_path / "bin" / "transcoder"
     with cl.Cluster(tmp_path, workers=1, worker_overrides={0: {"transcoder": str(missing)}}, wait_ready=False) as c:
