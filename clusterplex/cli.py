@@ -6,7 +6,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from . import config
+from . import cache, config
 
 EX_UNAVAILABLE = 69
 
@@ -15,9 +15,13 @@ def _orchestrator_url(opts):
     if opts.orchestrator:
         return opts.orchestrator.rstrip("/")
     try:
-        return config.load("pms", opts.config, missing_ok=True).orchestrator
+        cfg = config.load("pms", opts.config, missing_ok=True)
     except config.ConfigError:
         return "http://127.0.0.1:3500"
+    if cfg.orchestrator == "auto":
+        found = cache.read(cfg.discovery.cache_file)
+        return found["url"] if found else "http://127.0.0.1:3500"
+    return cfg.orchestrator
 
 
 def _get(base, path, timeout):

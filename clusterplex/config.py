@@ -146,6 +146,18 @@ class Url(Field):
         return value.rstrip("/")
 
 
+class UrlOrAuto(Url):
+    """A URL, or ``auto``: found over mDNS (by a daemon, cached on disk)."""
+
+    def check(self, value, path):
+        if value == "auto":
+            return value
+        try:
+            return super().check(value, path)
+        except _Invalid as e:
+            raise _Invalid(path, e.message + " or 'auto'") from None
+
+
 class List(Field):
     def __init__(self, item, default=(), **kw):
         super().__init__(list(default), **kw)
@@ -242,10 +254,11 @@ LOG_LEVEL = Str("info", choices=("debug", "info", "warning", "error"))
 SECRET_FILE = Path(f"{DEFAULT_DIR}/secret")
 
 
-def _discovery():
+def _discovery(**extra):
     return Section({
         "enabled": Bool(True),
         "interfaces": List(Str(pattern=r"[0-9a-fA-F:.]+")),
+        **extra,
     })
 
 
@@ -256,6 +269,7 @@ ORCHESTRATOR = Section({
     "workers": List(HostPort()),
     "discovery": _discovery(),
     "heartbeat_interval": Number(1.0, minimum=0.1, maximum=30),
+    "queue_timeout": Number(3.0, minimum=0, maximum=60),
     "log_level": LOG_LEVEL,
 })
 
@@ -266,6 +280,9 @@ WORKER = Section({
     "transcoder": Path(PLEX_TRANSCODER),
     "transcode_root": Path("/transcode"),
     "max_jobs": IntOrAuto(),
+    "weight": Number(1.0, minimum=0.01, maximum=1000),
+    "priority": Number(0, minimum=-1000, maximum=1000, integer=True),
+    "state_dir": Path("/var/lib/clusterplex"),
     "env": StrMap(key_pattern=r"[A-Za-z_][A-Za-z0-9_]*"),
     "kill_grace": Number(0.5, minimum=0, maximum=30),
     "drain_timeout": Number(0, minimum=0, maximum=86400),
@@ -281,7 +298,7 @@ _RULE = Section({
 })
 
 PMS = Section({
-    "orchestrator": Url("http://127.0.0.1:3500", schemes=("http",)),
+    "orchestrator": UrlOrAuto("http://127.0.0.1:3500", schemes=("http",)),
     "secret_file": SECRET_FILE,
     "mode": Str("both", choices=("local", "remote", "both")),
     "original_transcoder": Path(DIVERTED_TRANSCODER),
@@ -293,6 +310,7 @@ PMS = Section({
         "listen": HostPort(("0.0.0.0", 32499)),
         "advertise": Url("", allow_empty=True),
     }),
+    "discovery": _discovery(cache_file=Path("/run/clusterplex/orchestrator.json")),
     "log_level": LOG_LEVEL,
 })
 

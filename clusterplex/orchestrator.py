@@ -8,12 +8,13 @@ gets a ``WorkerLink`` that keeps an authenticated connection to it.
 
 import asyncio
 import logging
+import socket
 import time
 
 import aiohttp
 from aiohttp import web
 
-from . import __version__, config, daemon, jobs, link, protocol, registry, scheduler
+from . import __version__, config, daemon, discovery, jobs, link, protocol, registry, scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,10 @@ class Orchestrator:
         self.links = {}
         self.shims = {}             # job id -> ShimSession
         self.http = None
+        self.mdns = None
+        self.watch = None
+        self.announcement = None
+        self.ignored = {}           # mDNS name -> why it is not used
         self.listen_address = ""
         self.log_once = daemon.LogOnce(logger)
         self._runner = None
@@ -116,10 +121,61 @@ class Orchestrator:
         for host, port in self.cfg.workers:
             self.add_worker(f"static:{config.format_hostport(host, port)}", (host, port), "static")
         if self.cfg.discovery.enabled:
-            logger.info("mDNS discovery is not available in this version; using the static `workers` list")
+            await self._start_discovery()
         self._update_status()
 
+    async def _start_discovery(self):
+        ifaces = self.cfg.discovery.interfaces
+        self.mdns = discovery.Mdns(ifaces)
+        try:
+            await self.mdns.start()
+        except OSError as e:
+            raise daemon.StartupError(f"cannot start mDNS on {ifaces or 'all interfaces'}: {e.strerror or e} "
+                                      f"(check discovery.interfaces)", config.EX_CONFIG) from None
+        self.watch = discovery.Watch(self.mdns, discovery.WORKER_TYPE, self._mdns_up, self._mdns_down)
+        await self.watch.start()
+        host, port = config.parse_hostport(self.listen_address)
+        fp = protocol.secret_fingerprint(self.secret)
+        self.announcement = discovery.Announcement(
+            self.mdns, discovery.ORCHESTRATOR_TYPE, f"clusterplex-orchestrator-{socket.gethostname()}", port,
+            discovery.local_addresses(ifaces, host), discovery.orchestrator_txt(fp, __version__))
+        await self.announcement.register()
+
+    def _mdns_up(self, name, host, port, txt):
+        """A worker announced itself (or changed its record)."""
+        fp = protocol.secret_fingerprint(self.secret)
+        if txt.get("fp") != fp:
+            why = "not joined to any cluster" if not txt.get("fp") else "belongs to another cluster"
+            if self.ignored.get(name) != why:
+                logger.info("ignoring worker %s at %s:%d: %s", name, host, port, why)
+                self.ignored[name] = why
+                self._update_status()
+            return
+        if self.ignored.pop(name, None) is not None:
+            self._update_status()
+        key = f"mdns:{name}"
+        for w in self.registry:
+            if w.address == (host, port) and w.key != key:
+                return       # already known (static entry)
+        rec = self.registry.get(key)
+        if rec is not None and rec.address != (host, port):
+            logger.info("worker %s moved to %s:%d", name, host, port)
+        self.add_worker(key, (host, port), "mdns")
+
+    def _mdns_down(self, name):
+        if self.ignored.pop(name, None) is not None:
+            self._update_status()
+        key = f"mdns:{name}"
+        if self.registry.get(key) is not None:
+            logger.info("worker %s said goodbye", name)
+            self.remove_worker(key, "announced goodbye")
+            self._update_status()
+
     async def shutdown(self):
+        if self.announcement is not None:
+            await self.announcement.withdraw()
+        if self.watch is not None:
+            await self.watch.close()
         for ln in list(self.links.values()):
             ln.task.cancel()
         for sess in list(self.shims.values()):
@@ -139,6 +195,8 @@ class Orchestrator:
                 others[w.state] = others.get(w.state, 0) + 1
         running = sum(1 for j in self.jobs.active() if j.state == jobs.RUNNING)
         states = "".join(f", {n} {state}" for state, n in sorted(others.items()))
+        if self.ignored:
+            states += f", {len(self.ignored)} ignored"
         return f"{ready} of {total} workers ready{states}, {running} jobs running"
 
     def _update_status(self):

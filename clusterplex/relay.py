@@ -15,7 +15,7 @@ import re
 import aiohttp
 from aiohttp import web
 
-from . import config, daemon, protocol
+from . import cache, config, daemon, discovery, protocol
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,9 @@ class Relay:
         self.log_once = daemon.LogOnce(logger)
         self.requests = 0
         self.refused = 0
+        self.orchestrator = None    # (mDNS name, url) when discovered
+        self.mdns = None
+        self.watch = None
         self._runner = None
 
     async def start(self):
@@ -71,11 +74,53 @@ class Relay:
         app.router.add_route("*", "/{tail:.*}", self.handle)
         host, port = self.cfg.relay.listen
         self._runner, self.listen_address = await daemon.serve(app, host, port, "the relay")
+        if self.cfg.orchestrator == "auto" and self.cfg.discovery.enabled:
+            await self._start_discovery()
+
+    async def _start_discovery(self):
+        """Find the orchestrator for the shim (``orchestrator: auto``) and keep the cache file current."""
+        ifaces = self.cfg.discovery.interfaces
+        self.mdns = discovery.Mdns(ifaces)
+        try:
+            await self.mdns.start()
+        except OSError as e:
+            raise daemon.StartupError(f"cannot start mDNS on {ifaces or 'all interfaces'}: {e.strerror or e} "
+                                      f"(check discovery.interfaces)", config.EX_CONFIG) from None
+        cache.remove(self.cfg.discovery.cache_file)
+        self.watch = discovery.Watch(self.mdns, discovery.ORCHESTRATOR_TYPE, self._orch_up, self._orch_down)
+        await self.watch.start()
+
+    def _orch_up(self, name, host, port, txt):
+        if txt.get("fp") != protocol.secret_fingerprint(self.secret):
+            logger.info("ignoring orchestrator %s at %s:%d: another cluster", name, host, port)
+            return
+        url = f"http://{config.format_hostport(host, port)}"
+        if self.orchestrator != (name, url):
+            logger.info("orchestrator %s found at %s", name, url)
+            self.orchestrator = (name, url)
+            err = cache.write(self.cfg.discovery.cache_file, {"url": url, "name": name})
+            if err:
+                logger.error("%s: the shim cannot find the orchestrator", err)
+            self.notifier.status(self.status_line())
+
+    def _orch_down(self, name):
+        if self.orchestrator and self.orchestrator[0] == name:
+            logger.warning("orchestrator %s said goodbye", name)
+            self.orchestrator = None
+            cache.remove(self.cfg.discovery.cache_file)
+            self.notifier.status(self.status_line())
 
     def status_line(self):
-        return f"relaying to {self.cfg.plex_url}: {self.requests} requests, {self.refused} refused"
+        line = f"relaying to {self.cfg.plex_url}: {self.requests} requests, {self.refused} refused"
+        if self.cfg.orchestrator == "auto":
+            line += f"; orchestrator {self.orchestrator[1] if self.orchestrator else 'not found yet'}"
+        return line
 
     async def shutdown(self):
+        if self.watch is not None:
+            await self.watch.close()
+        if self.mdns is not None:
+            await self.mdns.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.http is not None:

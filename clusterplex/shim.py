@@ -21,7 +21,7 @@ import socket
 import sys
 
 from . import args as plexargs
-from . import config, policy, protocol
+from . import cache, config, policy, protocol
 from .miniws import WebSocket, WebSocketError
 
 EX_REMOTE_FAILED = 1
@@ -62,9 +62,10 @@ class Remote:
                     "session": f"{key}/{uuid}" if uuid else key}
         self.started = False
         self.ws = None
+        self.url = cfg.orchestrator
 
     def connect(self):
-        host, port = split_url(self.cfg.orchestrator)
+        host, port = split_url(self.url)
         self.ws = WebSocket.connect(host, port, protocol.SHIM_PATH, self.cfg.connect_timeout)
         hs = protocol.ClientHandshake(self.secret, protocol.ROLE_SHIM, protocol.ROLE_ORCHESTRATOR)
         self.ws.send_text(protocol.encode(hs.on_hello(self._recv())))
@@ -143,14 +144,20 @@ def run(argv, environ=None, cwd=None):
     except config.ConfigError as e:
         return fail_or_fallback(cfg, argv, f"cannot use the cluster: {e}", True)
     remote = Remote(cfg, secret, argv, cwd, environ)
+    if cfg.orchestrator == "auto":
+        found = cache.read(cfg.discovery.cache_file)
+        if found is None:
+            return fail_or_fallback(cfg, argv, f"orchestrator not discovered yet (no {cfg.discovery.cache_file}; "
+                                               f"clusterplex-relay finds it over mDNS: is it running?)", True)
+        remote.url = found["url"]
     try:
         remote.connect()
         outcome = remote.follow()
     except protocol.AuthError as e:
-        return fail_or_fallback(cfg, argv, f"orchestrator {cfg.orchestrator} refused us: {e}", not remote.started)
+        return fail_or_fallback(cfg, argv, f"orchestrator {remote.url} refused us: {e}", not remote.started)
     except (OSError, WebSocketError, protocol.ProtocolError) as e:
         what = "unreachable" if not remote.ws else "connection lost"
-        return fail_or_fallback(cfg, argv, f"orchestrator {cfg.orchestrator} {what}: {e}", not remote.started)
+        return fail_or_fallback(cfg, argv, f"orchestrator {remote.url} {what}: {e}", not remote.started)
     if outcome[0] == "exit":
         _, code, sig = outcome
         if sig:

@@ -18,7 +18,7 @@ import time
 import psutil
 from aiohttp import web
 
-from . import __version__, config, daemon, link, protocol, runner
+from . import __version__, config, daemon, discovery, link, protocol, runner
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,9 @@ class Worker:
         self.jobs = {}
         self.peers = set()
         self.listen_address = ""
+        self.id = os.urandom(6).hex()
+        self.mdns = None
+        self.announcement = None
         self.log_once = daemon.LogOnce(logger)
         self._runner = None
         self._tasks = set()
@@ -127,11 +130,15 @@ class Worker:
                 logger.info("state %s%s", state, f" ({reason})" if reason else "")
             self.state, self.reason = state, reason
             self.broadcast_status()
+            if self.announcement is not None:
+                self._spawn(self.announcement.update(self._txt()))
         self.notifier.status(self.status_line())
 
     def status(self):
         return {
             "type": "status",
+            "id": self.id,
+            "proto": protocol.PROTO_VERSION,
             "name": self.name,
             "state": self.state,
             "reason": self.reason,
@@ -168,8 +175,25 @@ class Worker:
         self._spawn(self._recheck_loop())
         self._spawn(self._load_loop())
         if self.cfg.discovery.enabled:
-            logger.info("mDNS announcement is not available in this version; orchestrators must list this "
-                        "worker (%s) in their static `workers`", self.listen_address)
+            await self._announce()
+
+    def _txt(self):
+        fp = protocol.secret_fingerprint(self.secret) if self.secret else ""
+        hw = self.status()["hardware"]
+        return discovery.worker_txt(self.status(), fp, {"cpus": hw["cpus"], "arch": hw["arch"]})
+
+    async def _announce(self):
+        host, port = config.parse_hostport(self.listen_address)
+        addresses = discovery.local_addresses(self.cfg.discovery.interfaces, host)
+        self.mdns = discovery.Mdns(self.cfg.discovery.interfaces)
+        try:
+            await self.mdns.start()
+        except OSError as e:
+            raise daemon.StartupError(f"cannot start mDNS on {self.cfg.discovery.interfaces or 'all interfaces'}: "
+                                      f"{e.strerror or e} (check discovery.interfaces)", config.EX_CONFIG) from None
+        self.announcement = discovery.Announcement(self.mdns, discovery.WORKER_TYPE, self.name, port, addresses,
+                                                   self._txt())
+        await self.announcement.register()
 
     def _spawn(self, coro):
         task = asyncio.get_running_loop().create_task(coro)
@@ -200,8 +224,13 @@ class Worker:
         self._load_secret()
         logger.info("configuration reloaded")
         self.evaluate()
+        if self.announcement is not None:
+            await self.announcement.update(self._txt())
 
     async def shutdown(self):
+        if self.announcement is not None:
+            await self.announcement.withdraw()     # goodbye first: orchestrators drop us at once
+            self.announcement = None
         self.draining = True
         if self._runner is not None:
             self.evaluate()
