@@ -1,6 +1,6 @@
 """mDNS: workers and the orchestrator announce themselves; others browse.
 
-- Workers announce ``_clusterplex-worker._tcp.local.`` with a versioned TXT
+- Workers announce ``_cplex-worker._tcp.local.`` with a versioned TXT
   record (``encode_worker_txt``); the orchestrator browses it and feeds the
   worker registry (matching cluster fingerprint only).
 - The orchestrator announces ``_clusterplex._tcp.local.``; the relay browses
@@ -18,7 +18,9 @@ import socket
 
 logger = logging.getLogger(__name__)
 
-WORKER_TYPE = "_clusterplex-worker._tcp.local."
+# DNS-SD service names are at most 15 characters (RFC 6335, enforced by
+# python-zeroconf), so "_clusterplex-worker" cannot be used.
+WORKER_TYPE = "_cplex-worker._tcp.local."
 ORCHESTRATOR_TYPE = "_clusterplex._tcp.local."
 TXT_SCHEMA = "1"
 MAX_TXT_ITEM = 255          # one TXT string: length byte + 255

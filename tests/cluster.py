@@ -223,21 +223,27 @@ class Cluster:
         self.secret_file.write_text(self.secret + "\n")
         self.secret_file.chmod(0o600)
         try:
-            self.pms = self._start(Daemon("fake-pms", [sys.executable, str(FAKE_PMS), "--listen", "127.0.0.1:0",
-                                                       "--token", PLEX_TOKEN], self.root))
+            self.pms = self._start(Daemon("fake-pms", self.wrap("pms", [sys.executable, str(FAKE_PMS), "--listen",
+                                                                       "127.0.0.1:0", "--token", PLEX_TOKEN]),
+                                          self.root))
             for i in range(self.n_workers):
                 self.workers.append(self.start_worker(i))
             self.orchestrator = self._start(Daemon(
-                "orchestrator", command("clusterplex-orchestrator") + ["--config", str(self.orchestrator_config())],
-                self.root))
-            self.relay = self._start(Daemon("relay", command("clusterplex-relay") +
-                                            ["--config", str(self.pms_config("relay"))], self.root))
+                "orchestrator", self.wrap("orchestrator", command("clusterplex-orchestrator") +
+                                          ["--config", str(self.orchestrator_config())]), self.root))
+            self.relay = self._start(Daemon("relay", self.wrap("relay", command("clusterplex-relay") +
+                                                               ["--config", str(self.pms_config("relay"))]),
+                                            self.root))
             if self.wait_ready:
                 self.wait_workers_ready(self.n_workers)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def wrap(self, role, cmd):
+        """Hook: how ``role``'s command runs (a subclass puts it in a network namespace)."""
+        return cmd
 
     def _start(self, daemon):
         self.daemons.append(daemon)
@@ -257,8 +263,9 @@ class Cluster:
         return write_yaml(self.root / f"worker{i}.yaml", cfg)
 
     def start_worker(self, i, **over):
-        return self._start(Daemon(f"worker{i}", command("clusterplex-worker") +
-                                  ["--config", str(self.worker_config(i, **over))], self.root))
+        return self._start(Daemon(f"worker{i}", self.wrap(f"worker{i}", command("clusterplex-worker") +
+                                                          ["--config", str(self.worker_config(i, **over))]),
+                                  self.root))
 
     def orchestrator_config(self):
         return write_yaml(self.root / "orchestrator.yaml", {
@@ -310,7 +317,7 @@ class Cluster:
              "CLUSTERPLEX_CONFIG": str(cfg), "LD_PRELOAD": "", "PYTHONPATH": "/nonexistent",
              "PLEX_MEDIA_SERVER_INFO_MODEL": "x86_64"}
         e.update(env or {})
-        return subprocess.Popen(command("clusterplex-shim") + list(argv), cwd=cwd, env=e,
+        return subprocess.Popen(self.wrap("shim", command("clusterplex-shim") + list(argv)), cwd=cwd, env=e,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
 
     def api(self, path):
