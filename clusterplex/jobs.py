@@ -39,6 +39,9 @@ class Job:
         self.exit_code = None
         self.signal = None
         self.reason = ""
+        self.needs = None           # capabilities.Needs
+        self.decision = ""          # why the current worker was chosen
+        self.restarts = 0           # times moved to another worker after losing one
 
     @property
     def final(self):
@@ -61,6 +64,15 @@ class Job:
         self.tried.append((self.worker_name, reason))
         self.state = PENDING
         self.worker, self.worker_name = None, ""
+
+    def lost(self, reason):
+        """Its worker died while running it: back to pending, to run again elsewhere."""
+        assert self.state == RUNNING, self.state
+        self.tried_keys.append((self.worker, reason))
+        self.tried.append((self.worker_name, reason))
+        self.restarts += 1
+        self.state = PENDING
+        self.worker, self.worker_name, self.pid = None, "", None
 
     def started(self, pid, now):
         if self.state == ASSIGNED:
@@ -95,6 +107,9 @@ class Job:
             "pid": self.pid,
             "exit_code": self.exit_code,
             "reason": self.reason,
+            "decision": self.decision,
+            "needs": self.needs.describe() if self.needs is not None else "",
+            "restarts": self.restarts,
             "age_seconds": round(end - self.created, 3),
             "running_seconds": round(end - self.started_at, 3) if self.started_at is not None else None,
         }

@@ -14,12 +14,19 @@ import time
 import aiohttp
 from aiohttp import web
 
-from . import __version__, config, daemon, discovery, jobs, link, protocol, registry, scheduler
+from . import __version__, capabilities, config, daemon, discovery, jobs, link, protocol, registry, scheduler
 
 logger = logging.getLogger(__name__)
 
 RECONNECT_MIN = 0.2
 RECONNECT_MAX = 5.0
+AFFINITY_SIZE = 1000
+MAX_RESTARTS = 2
+
+
+def _session_key(job):
+    """Plex's session key (stable across seeks; the job UUID after it changes)."""
+    return job.session.split("/", 1)[0]
 
 
 class WorkerLink:
@@ -96,6 +103,8 @@ class Orchestrator:
         self.sched = scheduler.SchedulerState()
         self.links = {}
         self.shims = {}             # job id -> ShimSession
+        self.queue = {}             # job id -> timer, jobs waiting for a free worker (FIFO)
+        self.affinity = {}          # Plex session key -> worker key that ran it last
         self.http = None
         self.mdns = None
         self.watch = None
@@ -197,7 +206,8 @@ class Orchestrator:
         states = "".join(f", {n} {state}" for state, n in sorted(others.items()))
         if self.ignored:
             states += f", {len(self.ignored)} ignored"
-        return f"{ready} of {total} workers ready{states}, {running} jobs running"
+        waiting = f", {len(self.queue)} waiting for a worker" if self.queue else ""
+        return f"{ready} of {total} workers ready{states}, {running} jobs running{waiting}"
 
     def _update_status(self):
         self.notifier.status(self.status_line())
@@ -231,6 +241,7 @@ class Orchestrator:
                 logger.info("worker %s (%s) is %s%s", rec.name, rec.address_str, rec.state,
                             f": {rec.reason}" if rec.reason else "")
             self._update_status()
+            self._drain_queue()
             return
         if kind == "load":
             self.registry.update_load(key, msg, now)
@@ -262,6 +273,7 @@ class Orchestrator:
             if sess:
                 sess.peer.post({"type": "exit", "code": code, "signal": sig})
             self._update_status()
+            self._drain_queue()
         elif kind == "refused":
             reason = str(msg.get("reason") or "refused")[:1000]
             logger.warning("worker %s refused job %s: %s", job.worker_name, job.id[:8], reason)
@@ -271,6 +283,7 @@ class Orchestrator:
                 return
             job.refused(reason)
             self.dispatch(job)
+            self._drain_queue()
 
     def worker_lost(self, key, reason):
         rec = self.registry.disconnected(key, reason)
@@ -281,6 +294,14 @@ class Orchestrator:
             self.registry.release(key, job.id)
             if job.state == jobs.ASSIGNED:
                 job.refused(f"connection to worker lost before start ({reason})")
+                self.dispatch(job)
+            elif job.state == jobs.RUNNING and job.restarts < MAX_RESTARTS:
+                lost = f"worker {job.worker_name} lost while running the job ({reason})"
+                logger.warning("job %s: %s; starting it again elsewhere", job.id[:8], lost)
+                job.lost(lost)
+                sess = self.shims.get(job.id)
+                if sess:
+                    sess.peer.post({"type": "failover", "reason": lost})
                 self.dispatch(job)
             else:
                 if job.state == jobs.RUNNING:
@@ -295,40 +316,72 @@ class Orchestrator:
     # --- dispatch ------------------------------------------------------------------
 
     def dispatch(self, job):
-        """Place ``job`` on the best worker now, or tell the shim none can take it."""
+        """Place ``job`` on the best worker now; if every capable worker is full, queue it for
+        up to ``queue_timeout``; otherwise tell the shim no worker can take it."""
         now = time.monotonic()
         sess = self.shims.get(job.id)
         while True:
-            rec = scheduler.choose(self.cfg.strategy, self.registry, self.sched, now, exclude=job.excluded)
+            decision = scheduler.choose(self.cfg.strategy, self.registry, self.sched, now, needs=job.needs,
+                                        exclude=job.excluded, prefer=self.affinity.get(_session_key(job)))
+            rec = decision.worker
             if rec is None:
                 break
             job.assign(rec.key, rec.name or rec.address_str, now)
+            job.decision = decision.reason
             self.registry.assign(rec.key, job.id, now)
             if self.links[rec.key].post({"type": "start", "job": job.spec}):
+                logger.info("job %s -> %s", job.id[:8], decision.reason)
+                if _session_key(job):
+                    self.affinity[_session_key(job)] = rec.key
+                    while len(self.affinity) > AFFINITY_SIZE:
+                        self.affinity.pop(next(iter(self.affinity)))
                 if sess:
-                    sess.peer.post({"type": "assigned", "worker": job.worker_name, "address": rec.address_str})
+                    sess.peer.post({"type": "assigned", "worker": job.worker_name, "address": rec.address_str,
+                                    "reason": decision.reason})
                 return
             self.registry.release(rec.key, job.id)
             job.refused("connection to worker lost")
-        reason = self._no_worker_reason(job)
-        logger.warning("job %s: %s", job.id[:8], reason)
-        job.fail(reason, now)
-        self.jobs.finish(job)
-        if sess:
-            sess.peer.post({"type": "failed", "reason": reason, "started": False, "fallback": True})
+        if decision.waitable and self.cfg.queue_timeout > 0 and job.id not in self.queue:
+            logger.info("job %s waits up to %ss for a free worker: %s", job.id[:8], self.cfg.queue_timeout,
+                        decision.reason)
+            self.queue[job.id] = asyncio.get_running_loop().call_later(
+                self.cfg.queue_timeout, self._queue_expired, job, decision.reason)
+            self._update_status()
+            return
+        if job.id in self.queue:
+            return                      # still waiting; its timer decides
+        self._no_worker(job, decision.reason)
 
-    def _no_worker_reason(self, job):
+    def _no_worker(self, job, reason):
         if job.tried:
-            return f"no worker could start the job: {job.refusal_summary()}"
-        parts = []
-        for w in self.registry:
-            if w.state == registry.READY:
-                parts.append(f"{w.name or w.address_str} full ({w.active}/{w.max_jobs})")
-            else:
-                parts.append(f"{w.name or w.address_str} {w.state}" + (f" ({w.reason})" if w.reason else ""))
-        if not parts:
-            return "no workers configured or discovered"
-        return "no worker available: " + "; ".join(parts)
+            reason = f"no worker could start the job: {job.refusal_summary()}"
+        logger.warning("job %s: %s", job.id[:8], reason)
+        started = job.restarts > 0
+        job.fail(reason, time.monotonic())
+        self.jobs.finish(job)
+        sess = self.shims.get(job.id)
+        if sess:
+            sess.peer.post({"type": "failed", "reason": reason, "started": started, "fallback": not started})
+
+    def _queue_expired(self, job, reason):
+        if self.queue.pop(job.id, None) is not None and job.state == jobs.PENDING:
+            self._no_worker(job, f"{reason} (waited {self.cfg.queue_timeout}s)")
+        self._update_status()
+
+    def _drain_queue(self):
+        """Capacity may have freed up: retry queued jobs, oldest first."""
+        for job_id in list(self.queue):
+            job = self.jobs.get(job_id)
+            if job is None or job.state != jobs.PENDING:
+                self.queue.pop(job_id).cancel()
+                continue
+            decision = scheduler.choose(self.cfg.strategy, self.registry, self.sched, time.monotonic(),
+                                        needs=job.needs, exclude=job.excluded)
+            if decision.worker is None:
+                return                  # keep FIFO order: nobody jumps the queue
+            self.queue.pop(job_id).cancel()
+            self.dispatch(job)
+            self._update_status()
 
     # --- shim connections -----------------------------------------------------------
 
@@ -369,14 +422,24 @@ class Orchestrator:
         except KeyError:
             sess.peer.post({"type": "failed", "reason": "duplicate job id", "started": False, "fallback": False})
             return
+        job.needs = capabilities.needs(spec["argv"])
         sess.job = job
         self.shims[job.id] = sess
-        logger.info("job %s submitted (session %s)", job.id[:8], job.session or "-")
+        logger.info("job %s submitted (session %s; %s)", job.id[:8], job.session or "-", job.needs.describe())
+        key = _session_key(job)
+        if key:
+            for old in self.jobs.active():
+                if old is not job and not old.final and _session_key(old) == key:
+                    self._cancel(old, f"superseded by job {job.id[:8]} of the same Plex session")
         self.dispatch(job)
 
     def _cancel(self, job, why):
         now = time.monotonic()
         logger.info("job %s: %s", job.id[:8], why)
+        timer = self.queue.pop(job.id, None)
+        if timer is not None:
+            timer.cancel()
+            self._update_status()
         if job.worker is not None and self.links.get(job.worker) and self.links[job.worker].post(
                 {"type": "cancel", "job_id": job.id}):
             job.cancel(now)   # stays active until the worker reports the exit

@@ -26,6 +26,10 @@ class WorkerRecord:
         self.cpus = 1
         self.benchmark = 1.0
         self.cpu_load = 0.0               # percent, whole machine
+        self.weight = 1.0
+        self.priority = 0
+        self.hw_codecs = frozenset()      # "hevc:vaapi:decode", ...
+        self.has_gpu = False
         self.reported_jobs = frozenset()  # job ids the worker says it runs
         self.jobs = {}                    # job id -> time assigned (ours)
         self.info = {}
@@ -53,8 +57,11 @@ class WorkerRecord:
             "reason": self.reason if self.state != READY else "",
             "running_jobs": self.active,
             "max_jobs": self.max_jobs,
+            "weight": self.weight,
+            "priority": self.priority,
             "load": {"cpu": round(self.cpu_load, 1)},
-            "hardware": {"cpus": self.cpus, "benchmark": self.benchmark, **self.info.get("hardware", {})},
+            "hardware": {"cpus": self.cpus, "benchmark": self.benchmark, **self.info.get("hardware", {}),
+                         "hw_codecs": sorted(self.hw_codecs)},
             "version": self.info.get("version", ""),
         }
 
@@ -100,6 +107,15 @@ class WorkerRegistry:
         rec.max_jobs = _int(status.get("max_jobs"), rec.max_jobs, 0, 4096)
         rec.cpus = _int(status.get("cpus"), rec.cpus, 1, 4096)
         rec.benchmark = _num(status.get("benchmark"), rec.benchmark)
+        rec.weight = max(0.01, _num(status.get("weight"), rec.weight))
+        rec.priority = _int(status.get("priority"), rec.priority, -1000, 1000)
+        hw = status.get("hardware") if isinstance(status.get("hardware"), dict) else {}
+        codecs = hw.get("hw_codecs")
+        if isinstance(codecs, list):
+            rec.hw_codecs = frozenset(c for c in codecs if isinstance(c, str) and len(c) < 64)
+        gpus = hw.get("gpus")
+        if isinstance(gpus, list):
+            rec.has_gpu = bool(gpus)
         running = status.get("running")
         if isinstance(running, list):
             rec.reported_jobs = frozenset(j for j in running if isinstance(j, str))

@@ -1,18 +1,25 @@
-"""Pick a worker for a job (pure: workers and the time in, a decision out).
+"""Pick a worker for a job (pure: workers, the job's needs and the time in; a decision out).
 
-Strategies, as ClusterPlex defines them, plus in-flight accounting:
+Order of preference, each step only among workers that can take the job
+(ready, under ``max_jobs``, with every hardware capability the job's own
+arguments require, not excluded because they refused it):
 
-- ``RR``: round robin over workers that can take a job.
-- ``LOAD_TASKS``: fewest active jobs (ours in flight + running).
-- ``LOAD_CPU``: lowest CPU load.
-- ``LOAD_RANK``: highest ``benchmark x free CPU``.
+1. session affinity: the worker that ran this Plex session before (a seek);
+2. ``priority``: the highest-priority workers while they have room;
+3. hardware fit: heavy jobs (HEVC/AV1, 4K) to a worker with a matching
+   hardware codec; light jobs off GPU workers while others are free;
+4. the strategy, as ClusterPlex defines it, with in-flight accounting:
+   ``RR`` round robin; ``LOAD_TASKS`` fewest active jobs / weight;
+   ``LOAD_CPU`` lowest CPU load / weight; ``LOAD_RANK`` highest
+   benchmark x free CPU x weight.
 
 A worker's CPU load is measured, so it lags behind a job just assigned: each
 job assigned less than ``SETTLE`` seconds ago counts as ``100 / cpus`` percent
 of extra load until the measurement catches up. Ties go round robin, so a
-burst of 6 jobs on 3 idle, equal workers spreads 2-2-2. ``max_jobs`` is a
-hard limit in every strategy.
+burst of 6 jobs on 3 idle, equal workers spreads 2-2-2.
 """
+
+from . import capabilities
 
 STRATEGIES = ("RR", "LOAD_CPU", "LOAD_TASKS", "LOAD_RANK")
 SETTLE = 5.0
@@ -23,6 +30,21 @@ class SchedulerState:
 
     def __init__(self):
         self.last_key = None
+
+
+class Decision:
+    """``worker`` (None if no worker can take the job now), ``reason`` for logs and
+    the job's record, and ``waitable``: capable workers exist but are all full."""
+
+    __slots__ = ("worker", "reason", "waitable")
+
+    def __init__(self, worker, reason, waitable=False):
+        self.worker = worker
+        self.reason = reason
+        self.waitable = waitable
+
+    def __repr__(self):
+        return f"<Decision {self.worker.key if self.worker else None}: {self.reason}>"
 
 
 def effective_cpu(worker, now):
@@ -41,21 +63,65 @@ def _rotated(workers, last_key):
     return ordered
 
 
-def choose(strategy, workers, state, now, exclude=()):
-    """Return the worker to run the next job on, or None if none can take it."""
-    candidates = [w for w in workers if w.can_take() and w.key not in exclude]
-    if not candidates:
-        return None
-    ordered = _rotated(candidates, state.last_key)
+def _by_strategy(strategy, ordered, now):
     if strategy == "RR":
-        best = ordered[0]
-    elif strategy == "LOAD_TASKS":
-        best = min(ordered, key=lambda w: w.active)
-    elif strategy == "LOAD_CPU":
-        best = min(ordered, key=lambda w: effective_cpu(w, now))
-    elif strategy == "LOAD_RANK":
-        best = max(ordered, key=lambda w: w.benchmark * (100.0 - effective_cpu(w, now)))
+        return ordered[0]
+    if strategy == "LOAD_TASKS":
+        return min(ordered, key=lambda w: w.active / w.weight)
+    if strategy == "LOAD_CPU":
+        return min(ordered, key=lambda w: effective_cpu(w, now) / w.weight)
+    if strategy == "LOAD_RANK":
+        return max(ordered, key=lambda w: w.benchmark * (100.0 - effective_cpu(w, now)) * w.weight)
+    raise ValueError(f"unknown strategy {strategy!r}")
+
+
+def _label(w):
+    return w.name or w.address_str
+
+
+def choose(strategy, workers, state, now, needs=None, exclude=(), prefer=None):
+    """Decide where the next job goes. Returns a ``Decision``."""
+    capable = []
+    refusals = []
+    full = 0
+    for w in workers:
+        if w.key in exclude:
+            refusals.append(f"{_label(w)} refused it")
+            continue
+        if w.state != "ready":
+            refusals.append(f"{_label(w)} {w.state}" + (f" ({w.reason})" if w.reason else ""))
+            continue
+        lack = capabilities.missing(needs, w.hw_codecs) if needs is not None else []
+        if lack:
+            refusals.append(f"{_label(w)} lacks {','.join(lack)}")
+            continue
+        if w.active >= w.max_jobs:
+            full += 1
+            refusals.append(f"{_label(w)} full ({w.active}/{w.max_jobs})")
+            continue
+        capable.append(w)
+    if not capable:
+        if not refusals:
+            return Decision(None, "no workers configured or discovered")
+        return Decision(None, "no worker available: " + "; ".join(refusals), waitable=full > 0)
+
+    why = []
+    sticky = next((w for w in capable if w.key == prefer), None)
+    if sticky is not None:
+        best = sticky
+        why.append("same session as before")
     else:
-        raise ValueError(f"unknown strategy {strategy!r}")
+        top = max(w.priority for w in capable)
+        group = [w for w in capable if w.priority == top]
+        if top != min(w.priority for w in capable):
+            why.append(f"priority {top}")
+        if needs is not None:
+            fits = {w.key: capabilities.hardware_fit(needs, w.hw_codecs, w.has_gpu) for w in group}
+            tier = min(f[0] for f in fits.values())
+            group = [w for w in group if fits[w.key][0] == tier]
+        best = _by_strategy(strategy, _rotated(group, state.last_key), now)
+        if needs is not None:
+            why.append(fits[best.key][1])
     state.last_key = best.key
-    return best
+    why.append(f"{best.active + 1}/{best.max_jobs} jobs, cpu {best.cpu_load:.0f}%")
+    return Decision(best, f"{_label(best)}: " + ", ".join(why))

@@ -93,6 +93,8 @@ class Remote:
                         pass
             elif kind == "started":
                 self.started = True
+            elif kind == "failover":
+                say(f"{msg.get('reason')}; restarting it on another worker")
             elif kind == "exit":
                 code = msg.get("code")
                 sig = msg.get("signal")

@@ -143,6 +143,8 @@ class Worker:
             "state": self.state,
             "reason": self.reason,
             "max_jobs": self.max_jobs,
+            "weight": self.cfg.weight,
+            "priority": self.cfg.priority,
             "cpus": os.cpu_count() or 1,
             "benchmark": float(os.cpu_count() or 1),
             "running": sorted(self.jobs),

@@ -305,7 +305,7 @@ def test_burst_spreads_over_workers_and_respects_max_jobs(tmp_path, media):
             assert sorted(w["running_jobs"] for w in c.api("/api/v1/workers")) == [2, 2, 2]
             argv, sdir, _ = held_job(c, media)
             rc, out, err = finish(c.shim(argv, sdir, mode="remote"), 30)   # a 7th finds no room
-            assert rc == 1 and "full (2/2)" in err
+            assert rc == 1 and "full (2/2)" in err and "waited 3.0s" in err
         finally:
             for s in shims:
                 kill(s)
@@ -335,3 +335,67 @@ def test_worker_not_ready_until_its_transcoder_exists(tmp_path, media):
         missing.parent.mkdir()
         shutil.copy(cl.STANDIN, missing)
         c.orchestrator.wait_status(r"^1 of 1 workers ready", 15)
+
+
+# --- queueing, sessions, failover ------------------------------------------------------
+
+def held_session_job(c, media, key, uid):
+    sdir = c.session_dir(key, uid)
+    pidfile = sdir / f"pids-{uuid.uuid4().hex[:6]}.json"
+    argv = ["-x_test_pidfile", str(pidfile), "-x_test_stderr", "transcoder-up", "-x_test_hold", "60",
+            "-i", str(media), "-progressurl",
+            f"http://127.0.0.1:32400/video/:/transcode/session/{key}/{uid}/progress", "out.ts"]
+    return argv, sdir, pidfile
+
+
+def test_a_job_waits_for_a_free_slot(tmp_path, media):
+    with cl.Cluster(tmp_path, workers=1, max_jobs=1) as c:
+        argv, sdir, _ = held_job(c, media)
+        first = c.shim(argv, sdir, mode="remote")
+        cl.read_until(first.stderr, "transcoder-up", 20)
+        argv, sdir, _ = held_job(c, media)
+        second = c.shim(argv, sdir, mode="remote")
+        try:
+            c.orchestrator.wait_status(r"1 jobs running, 1 waiting for a worker", 10)
+            kill(first)                     # frees the slot while the second waits
+            cl.read_until(second.stderr, "transcoder-up", 10)
+        finally:
+            kill(second)
+        assert "waits up to 3.0s for a free worker" in c.orchestrator.log()
+
+
+def test_a_seek_supersedes_the_old_transcoder_and_stays_on_its_worker(cluster, media):
+    key, uid1, uid2 = "seek" + uuid.uuid4().hex[:8], str(uuid.uuid4()), str(uuid.uuid4())
+    argv1, sdir1, pid1 = held_session_job(cluster, media, key, uid1)
+    first = cluster.shim(argv1, sdir1, mode="remote")
+    cl.read_until(first.stderr, "transcoder-up", 20)
+    argv2, sdir2, pid2 = held_session_job(cluster, media, key, uid2)
+    second = cluster.shim(argv2, sdir2, mode="remote")       # PMS left the first one running
+    try:
+        cl.read_until(second.stderr, "transcoder-up", 20)
+        assert cl.wait_pid_gone(json.loads(pid1.read_text())["pid"], 3.0)
+        rc, _, _ = finish(first, 10)
+        assert rc != 0
+        jobs = {j["session"]: j for j in cluster.api("/api/v1/jobs")}
+        assert jobs[f"{key}/{uid2}"]["worker"] == jobs[f"{key}/{uid1}"]["worker"]
+        assert "same session as before" in jobs[f"{key}/{uid2}"]["decision"]
+    finally:
+        kill(second)
+
+
+def test_a_running_job_moves_to_another_worker_when_its_worker_dies(tmp_path, media):
+    with cl.Cluster(tmp_path, workers=2) as c:
+        argv, sdir, pidfile = held_job(c, media)
+        shim = c.shim(argv, sdir, mode="remote")
+        try:
+            cl.read_until(shim.stderr, "transcoder-up", 20)
+            [job] = [j for j in c.api("/api/v1/jobs") if j["state"] == "running"]
+            victim = next(w for w in c.workers if w.name == job["worker"])
+            victim.kill()
+            out = cl.read_until(shim.stderr, "restarting it on another worker", 5)
+            cl.read_until(shim.stderr, "transcoder-up", 10)
+            [job] = [j for j in c.api("/api/v1/jobs") if j["state"] == "running"]
+            assert job["worker"] != victim.name and job["restarts"] == 1
+            assert b"lost while running" in out
+        finally:
+            kill(shim)

@@ -1,6 +1,6 @@
 import pytest
 
-from clusterplex import registry, scheduler
+from clusterplex import capabilities, registry, scheduler
 
 
 def make(workers):
@@ -20,7 +20,7 @@ def burst(reg, strategy, n, now=10.0):
     state = scheduler.SchedulerState()
     placed = []
     for i in range(n):
-        w = scheduler.choose(strategy, reg, state, now)
+        w = scheduler.choose(strategy, reg, state, now).worker
         if w is None:
             placed.append(None)
             continue
@@ -62,7 +62,7 @@ def test_only_ready_workers_are_chosen(strategy):
 def test_each_load_strategy_picks_by_its_own_measure(strategy, expected):
     reg = make([("a", "ready", 9, 4, 10.0, 40.0, 2), ("b", "ready", 9, 4, 2.0, 20.0, 0),
                 ("c", "ready", 9, 4, 1.0, 5.0, 1)])
-    assert scheduler.choose(strategy, reg, scheduler.SchedulerState(), 10.0).key == expected
+    assert scheduler.choose(strategy, reg, scheduler.SchedulerState(), 10.0).worker.key == expected
 
 
 def test_round_robin_rotates():
@@ -79,9 +79,10 @@ def test_in_flight_penalty_expires_after_settle_time():
 
 def test_exclude_skips_workers_that_refused():
     reg = make(IDLE3)
-    w = scheduler.choose("LOAD_RANK", reg, scheduler.SchedulerState(), 0.0, exclude={"a", "b"})
-    assert w.key == "c"
-    assert scheduler.choose("LOAD_RANK", reg, scheduler.SchedulerState(), 0.0, exclude={"a", "b", "c"}) is None
+    d = scheduler.choose("LOAD_RANK", reg, scheduler.SchedulerState(), 0.0, exclude={"a", "b"})
+    assert d.worker.key == "c"
+    d = scheduler.choose("LOAD_RANK", reg, scheduler.SchedulerState(), 0.0, exclude={"a", "b", "c"})
+    assert d.worker is None and d.reason == "no worker available: a refused it; b refused it; c refused it"
 
 
 def test_registry_counts_reported_and_assigned_jobs_once():
@@ -100,3 +101,75 @@ def test_registry_ignores_hostile_status_values():
     rec = reg.get("a")
     assert rec.state == "not_ready" and rec.max_jobs == 3 and rec.cpus == 4 and rec.benchmark == 1.0
     assert rec.reported_jobs == {"j"}
+
+
+# --- capabilities, priority, weight, affinity, waiting ------------------------------------------
+
+def hw_reg(specs):
+    """specs: (key, hw_codecs, has_gpu, priority, weight, active)."""
+    reg = registry.WorkerRegistry()
+    for key, codecs, gpu, prio, weight, active in specs:
+        reg.add(key, ("127.0.0.1", 1), "static")
+        reg.update_status(key, {"name": key, "state": "ready", "max_jobs": 4, "cpus": 4, "benchmark": 4.0,
+                                "priority": prio, "weight": weight,
+                                "hardware": {"hw_codecs": codecs, "gpus": [{"vendor": "x"}] if gpu else []}}, 0.0)
+        for j in range(active):
+            reg.assign(key, f"{key}-old{j}", -100.0)
+    return reg
+
+
+VAAPI = ["hevc:vaapi:decode", "h264:vaapi:decode", "h264:vaapi:encode", "hevc:vaapi:encode"]
+NV = ["h264:nvdec:decode", "hevc:nvdec:decode", "h264:nvenc:encode"]
+
+
+def needs_of(*argv):
+    return capabilities.needs(list(argv))
+
+
+HEVC_4K = needs_of("-codec:0", "hevc", "-i", "/m/x.mkv", "-filter_complex", "[0:0]scale=w=3840:h=2160[0]",
+                   "-map", "[0]", "-codec:0", "libx264", "o.ts")
+LIGHT = needs_of("-codec:0", "h264", "-i", "/m/x.mkv", "-filter_complex", "[0:0]scale=w=720:h=404[0]",
+                 "-map", "[0]", "-codec:0", "libx264", "o.ts")
+VAAPI_JOB = needs_of("-codec:0", "av1", "-hwaccel:0", "vaapi", "-i", "/m/x.mkv", "-codec:0", "hevc_vaapi", "o.mp4")
+
+
+@pytest.mark.parametrize("name,needs,specs,expected,reason", [
+    ("heavy job to the hardware decoder", HEVC_4K,
+     [("cpu", [], False, 0, 1.0, 0), ("gpu", VAAPI, True, 0, 1.0, 2)], "gpu", "hevc decode in hardware (vaapi)"),
+    ("light job kept off the GPU", LIGHT,
+     [("cpu", [], False, 0, 1.0, 2), ("gpu", VAAPI, True, 0, 1.0, 0)], "cpu", "light job, no GPU needed"),
+    ("light job on a GPU when nothing else is free", LIGHT,
+     [("gpu", VAAPI, True, 0, 1.0, 0)], "gpu", "light job on a GPU worker"),
+    ("argv that asks for vaapi needs vaapi", VAAPI_JOB,
+     [("nv", NV, True, 0, 1.0, 0), ("va", VAAPI + ["av1:vaapi:decode"], True, 0, 1.0, 3)], "va", "vaapi"),
+    ("priority first", LIGHT,
+     [("a", [], False, 5, 1.0, 3), ("b", [], False, 0, 1.0, 0)], "a", "priority 5"),
+    ("weight scales load", LIGHT,
+     [("a", [], False, 0, 3.0, 2), ("b", [], False, 0, 1.0, 1)], "a", "3/4 jobs"),
+])
+def test_routing_table(name, needs, specs, expected, reason):
+    d = scheduler.choose("LOAD_TASKS", hw_reg(specs), scheduler.SchedulerState(), 10.0, needs=needs)
+    assert d.worker.key == expected, (name, d.reason)
+    assert reason in d.reason and d.reason.startswith(f"{expected}: ")
+
+
+def test_missing_hardware_is_a_hard_refusal_not_a_wait():
+    d = scheduler.choose("RR", hw_reg([("nv", NV, True, 0, 1.0, 0)]), scheduler.SchedulerState(), 0.0,
+                         needs=VAAPI_JOB)
+    assert d.worker is None and not d.waitable
+    assert "nv lacks av1:vaapi:decode,hevc:vaapi:encode" in d.reason
+
+
+def test_full_capable_workers_are_waitable():
+    reg = hw_reg([("a", [], False, 0, 1.0, 4), ("b", [], False, 0, 1.0, 4)])
+    d = scheduler.choose("RR", reg, scheduler.SchedulerState(), 0.0, needs=LIGHT)
+    assert d.worker is None and d.waitable and "a full (4/4)" in d.reason
+
+
+def test_session_affinity_wins_while_the_worker_can_take_it():
+    reg = hw_reg([("a", [], False, 0, 1.0, 3), ("b", [], False, 0, 1.0, 0)])
+    d = scheduler.choose("LOAD_TASKS", reg, scheduler.SchedulerState(), 0.0, needs=LIGHT, prefer="a")
+    assert d.worker.key == "a" and "same session as before" in d.reason
+    reg.assign("a", "x", 0.0)   # now full
+    assert scheduler.choose("LOAD_TASKS", reg, scheduler.SchedulerState(), 0.0, needs=LIGHT,
+                            prefer="a").worker.key == "b"
