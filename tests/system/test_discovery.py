@@ -3,7 +3,6 @@
 interfaces and the secret."""
 
 import json
-import subprocess
 import time
 import uuid
 
