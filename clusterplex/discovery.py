@@ -14,6 +14,7 @@ name interfaces inside network namespaces they created).
 
 import asyncio
 import logging
+import os
 import socket
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,11 @@ def service_label(name):
     return label[:63]
 
 
+def instance(name, type_=WORKER_TYPE):
+    """``worker1._cplex-worker._tcp.local.`` -> ``worker1``."""
+    return name[:-len(type_) - 1] if name.endswith("." + type_) else name
+
+
 def local_addresses(interfaces, listen_host):
     """Addresses to announce: the listen address if specific, else the configured interfaces,
     else every non-loopback IPv4 address of the host."""
@@ -132,12 +138,15 @@ class Announcement:
         self.txt = txt
         self.info = None
         self._lock = asyncio.Lock()
+        # The SRV target is a host name of our own, unique per process: hosts (or network
+        # namespaces) sharing a name must not merge their address records.
+        host = service_label(socket.gethostname()).replace(" ", "-").replace("_", "-")[:40]
+        self.server = f"{host}-{os.urandom(3).hex()}.local."
 
     def _info(self):
         from zeroconf.asyncio import AsyncServiceInfo
-        host = service_label(socket.gethostname()).replace(" ", "-")
         return AsyncServiceInfo(self.type, self.name, port=self.port, properties=self.txt,
-                                server=f"{host}.local.", parsed_addresses=self.addresses)
+                                server=self.server, parsed_addresses=self.addresses)
 
     async def register(self):
         async with self._lock:

@@ -156,7 +156,7 @@ class Orchestrator:
         if txt.get("fp") != fp:
             why = "not joined to any cluster" if not txt.get("fp") else "belongs to another cluster"
             if self.ignored.get(name) != why:
-                logger.info("ignoring worker %s at %s:%d: %s", name, host, port, why)
+                logger.info("ignoring worker %s at %s:%d: %s", discovery.instance(name), host, port, why)
                 self.ignored[name] = why
                 self._update_status()
             return
@@ -168,7 +168,7 @@ class Orchestrator:
                 return       # already known (static entry)
         rec = self.registry.get(key)
         if rec is not None and rec.address != (host, port):
-            logger.info("worker %s moved to %s:%d", name, host, port)
+            logger.info("worker %s moved to %s:%d", discovery.instance(name), host, port)
         self.add_worker(key, (host, port), "mdns")
 
     def _mdns_down(self, name):
@@ -176,7 +176,7 @@ class Orchestrator:
             self._update_status()
         key = f"mdns:{name}"
         if self.registry.get(key) is not None:
-            logger.info("worker %s said goodbye", name)
+            logger.info("worker %s said goodbye", discovery.instance(name))
             self.remove_worker(key, "announced goodbye")
             self._update_status()
 

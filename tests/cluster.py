@@ -86,10 +86,15 @@ class Daemon:
                 if not select.select([self._sock], [], [], 0)[0]:
                     return
 
-    def wait_for(self, predicate, timeout, what="notification"):
-        """Wait for a notification matching ``predicate``; fail if the process exits first."""
+    def mark(self):
+        """A point in the notification stream: pass it as ``since`` to wait only for later ones."""
+        with self._cond:
+            return len(self.messages)
+
+    def wait_for(self, predicate, timeout, what="notification", since=0):
+        """Wait for a notification (after ``since``) matching ``predicate``; fail if the process exits first."""
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = since
         with self._cond:
             while True:
                 for fields in self.messages[seen:]:
@@ -104,10 +109,10 @@ class Daemon:
                     raise TimeoutError(f"{self.name}: no {what} within {timeout}s:\n{self.log_tail()}")
                 self._cond.wait(left)
 
-    def wait_status(self, pattern, timeout=20):
+    def wait_status(self, pattern, timeout=20, since=0):
         rx = re.compile(pattern)
         return self.wait_for(lambda f: "STATUS" in f and rx.search(f["STATUS"]), timeout,
-                             what=f"STATUS matching {pattern!r}")["STATUS"]
+                             what=f"STATUS matching {pattern!r}", since=since)["STATUS"]
 
     def log_tail(self, n=40):
         try:

@@ -2,14 +2,13 @@
 (python-zeroconf bound to each host's own address), nothing configured but the
 interfaces and the secret."""
 
-import json
 import time
 import uuid
 
 import pytest
 
-from tests import cluster as cl
 from tests import netns
+from tests.netcluster import NetCluster
 from tests.fakes import fixtures
 
 pytestmark = pytest.mark.system
@@ -20,48 +19,6 @@ def need_netns():
     why = netns.available()
     if why:
         pytest.fail(why)   # never a silent skip: CI runs as root
-
-
-class NetCluster(cl.Cluster):
-    """The orchestrator host (fake PMS, relay, orchestrator, shims) and worker hosts, each its own namespace."""
-
-    def __init__(self, root, lan, workers=2, **kw):
-        self.lan = lan
-        self.orch_host = lan.add_host("orch")
-        self.worker_hosts = [lan.add_host(f"w{i}") for i in range(workers)]
-        super().__init__(root, workers=workers, **kw)
-
-    def wrap(self, role, cmd):
-        host = self.worker_hosts[int(role[6:])] if role.startswith("worker") else self.orch_host
-        return host.exec(cmd)
-
-    def worker_config(self, i, **over):
-        h = self.worker_hosts[i]
-        return super().worker_config(i, listen=f"{h.addr}:3501", discovery={"enabled": True, "interfaces": [h.addr]},
-                                     **over)
-
-    def orchestrator_config(self):
-        return cl.write_yaml(self.root / "orchestrator.yaml", {
-            "listen": f"{self.orch_host.addr}:3500", "secret_file": str(self.secret_file),
-            "strategy": self.strategy, "discovery": {"enabled": True, "interfaces": [self.orch_host.addr]},
-            "heartbeat_interval": 1.0, "log_level": "debug"})
-
-    def pms_config(self, name, mode="both", **over):
-        cfg = {"relay": {"listen": f"{self.orch_host.addr}:32499", "advertise": f"http://{self.orch_host.addr}:32499"},
-               "orchestrator": "auto",
-               "discovery": {"enabled": True, "interfaces": [self.orch_host.addr],
-                             "cache_file": str(self.root / "orchestrator.json")}}
-        cfg.update(over)
-        path = super().pms_config(name, mode=mode)
-        data = json.loads(path.read_text())
-        data.update(cfg)
-        return cl.write_yaml(path, data)
-
-    def api(self, path):
-        return netns.run_in(self.orch_host.ns, super().api, path)
-
-    def pms_requests(self):
-        return netns.run_in(self.orch_host.ns, super().pms_requests)
 
 
 @pytest.fixture
@@ -97,22 +54,27 @@ def test_goodbye_removes_at_once_and_a_restarted_worker_is_found_again(lan, tmp_
         assert c.workers[1].stop() == 0
         c.orchestrator.wait_status(r"^1 of 1 workers ready", 5)
         assert time.monotonic() - t0 < 2.0
+        assert "worker1 said goodbye" in c.orchestrator.log()
         c.daemons.remove(c.workers[1])
+        mark = c.orchestrator.mark()
         c.workers[1] = c.start_worker(1)
-        c.orchestrator.wait_status(r"^2 of 2 workers ready", 10)
+        c.orchestrator.wait_status(r"^2 of 2 workers ready", 10, since=mark)
 
 
 def test_sigkill_and_link_cut_are_detected_within_3s_and_healed(lan, tmp_path):
     with NetCluster(tmp_path, lan, workers=2) as c:
+        mark = c.orchestrator.mark()
         t0 = time.monotonic()
         c.worker_hosts[0].cut()
-        c.orchestrator.wait_status(r"^1 of 2 workers ready", 5)
+        c.orchestrator.wait_status(r"^1 of 2 workers ready, 1 offline", 5, since=mark)
         assert time.monotonic() - t0 <= 3.0
+        mark = c.orchestrator.mark()
         c.worker_hosts[0].heal()
-        c.orchestrator.wait_status(r"^2 of 2 workers ready", 15)
+        c.orchestrator.wait_status(r"^2 of 2 workers ready", 15, since=mark)
+        mark = c.orchestrator.mark()
         t0 = time.monotonic()
         c.workers[1].kill()
-        c.orchestrator.wait_status(r"^1 of 2 workers ready", 5)
+        c.orchestrator.wait_status(r"^1 of 2 workers ready, 1 offline", 5, since=mark)
         assert time.monotonic() - t0 <= 3.0
 
 

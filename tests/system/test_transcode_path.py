@@ -151,11 +151,12 @@ def test_sigkill_of_the_shim_kills_the_remote_transcoder(cluster, media):
     cl.read_until(shim.stderr, "transcoder-up", 20)
     pid = json.loads(pidfile.read_text())["pid"]
     assert cl.pid_alive(pid)
+    mark = cluster.orchestrator.mark()
     t0 = time.monotonic()
     kill(shim)
     assert cl.wait_pid_gone(pid, 2.0), "remote transcoder still running 2 s after the shim died"
     assert time.monotonic() - t0 < 2.0
-    cluster.orchestrator.wait_status(r"0 jobs running", 10)
+    cluster.orchestrator.wait_status(r"0 jobs running", 10, since=mark)
 
 
 def test_sigkill_of_the_shim_during_a_real_transcode_leaves_no_ffmpeg(cluster, tmp_path):
@@ -179,11 +180,12 @@ def test_sigkill_of_a_worker_leaves_no_transcoder(tmp_path, media):
         shim = c.shim(argv, sdir, mode="remote")
         cl.read_until(shim.stderr, "transcoder-up", 20)
         pid = json.loads(pidfile.read_text())["pid"]
+        mark = c.orchestrator.mark()
         c.workers[0].kill()
         assert cl.wait_pid_gone(pid, 2.0), "transcoder outlived its SIGKILLed worker"
         rc, out, err = finish(shim, 20)
         assert rc == 1 and "lost" in err
-        c.orchestrator.wait_status(r"^0 of 1 workers ready", 10)
+        c.orchestrator.wait_status(r"^0 of 1 workers ready, 1 offline", 10, since=mark)
 
 
 # --- clear refusals ------------------------------------------------------------------
@@ -307,9 +309,10 @@ def test_burst_spreads_over_workers_and_respects_max_jobs(tmp_path, media):
             rc, out, err = finish(c.shim(argv, sdir, mode="remote"), 30)   # a 7th finds no room
             assert rc == 1 and "full (2/2)" in err and "waited 3.0s" in err
         finally:
+            mark = c.orchestrator.mark()
             for s in shims:
                 kill(s)
-        c.orchestrator.wait_status(r"0 jobs running", 10)
+        c.orchestrator.wait_status(r"3 of 3 workers ready, 0 jobs running", 10, since=mark)
 
 
 def test_worker_not_ready_until_its_transcode_root_is_mounted(tmp_path, media):
