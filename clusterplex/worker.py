@@ -12,13 +12,14 @@ import asyncio
 import logging
 import os
 import platform
+import shlex
 import socket
 import time
 
 import psutil
 from aiohttp import web
 
-from . import __version__, config, daemon, discovery, link, protocol, runner
+from . import __version__, config, daemon, discovery, link, policy, protocol, rewrite, runner
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ class Worker:
         self.id = os.urandom(6).hex()
         self.mdns = None
         self.announcement = None
+        self.rewrites = None
+        self.hardware = {"cpu": {"arch": platform.machine()}, "gpus": [], "hw_codecs": [], "transcoder": {}}
         self.log_once = daemon.LogOnce(logger)
         self._runner = None
         self._tasks = set()
@@ -96,6 +99,17 @@ class Worker:
         if self.cfg.max_jobs == "auto":
             return max(1, (os.cpu_count() or 2) // 2)
         return self.cfg.max_jobs
+
+    def _check_rewrites(self, cfg):
+        """The worker-side rewrite settings, validated (a ConfigError names the key)."""
+        try:
+            return rewrite.check_settings({
+                "path_map": [{"from": getattr(m, "from"), "to": m.to} for m in cfg.path_map],
+                "hwaccel": cfg.hwaccel, "encoder_swaps": cfg.encoder_swaps,
+                "render_node": cfg.render_node or None})
+        except rewrite.SettingsError as e:
+            key, _, message = str(e).partition(": ")
+            raise config.ConfigError(f"{self.config_path}: /{key.replace('.', '/')}: {message}") from None
 
     def _load_secret(self):
         try:
@@ -168,6 +182,7 @@ class Worker:
     # --- lifecycle -------------------------------------------------------------
 
     async def start(self):
+        self.rewrites = self._check_rewrites(self.cfg)
         self.evaluate()
         app = web.Application()
         app.router.add_get("/health", self.health)
@@ -219,6 +234,7 @@ class Worker:
 
     async def reload(self):
         cfg = config.load("worker", self.config_path)
+        self.rewrites = self._check_rewrites(cfg)
         if cfg.listen != self.cfg.listen:
             logger.warning("`listen` changed: restart the worker to apply it")
         self.cfg = cfg
@@ -306,9 +322,16 @@ class Worker:
             return refuse("duplicate job id")
         if len(self.jobs) >= self.max_jobs:
             return refuse(f"worker {self.name} is full ({len(self.jobs)}/{self.max_jobs} jobs)")
+        res = rewrite.rewrite({"argv": spec["argv"], "cwd": spec["cwd"], "env": policy.filter_env(spec["env"])},
+                              self.rewrites, self.hardware)
+        spec = dict(spec, argv=res.argv, cwd=res.cwd, env=res.env)
+        for note in res.notes:
+            logger.info("job %s: %s", spec["id"][:8], note)
         problem = runner.preflight(spec, self.cfg.transcode_root, self.name)
         if problem:
             return refuse(problem)
+        logger.debug("job %s: %s %s (cwd %s)", spec["id"][:8], shlex.quote(self.transcoder),
+                     shlex.join(spec["argv"]), spec["cwd"])
         job = self.jobs[spec["id"]] = WorkerJob(spec, peer)
         job.transcode = runner.Transcode(
             spec, self.transcoder, runner.job_env(spec, self.cfg.env),

@@ -402,3 +402,15 @@ def test_a_running_job_moves_to_another_worker_when_its_worker_dies(tmp_path, me
             assert b"lost while running" in out
         finally:
             kill(shim)
+
+
+def test_path_map_lets_a_worker_mount_media_elsewhere(tmp_path, media):
+    with cl.Cluster(tmp_path, workers=1, worker_overrides={0: {"path_map": [
+            {"from": "/srv/plex-media", "to": str(media.parent)}]}}) as c:
+        key, uid, sdir = new_session(c)
+        argv = fixtures.instantiate(fixtures.load_argv("F1"), input_path="/srv/plex-media/" + media.name,
+                                    session_dir=str(sdir), session_key=key, job_uuid=uid)
+        rc, out, err = finish(c.shim(argv, sdir, mode="remote"))
+        assert rc == 0, err
+        assert sorted(sdir.glob("chunk-stream0-*.m4s"))
+        assert f"/srv/plex-media -> {media.parent}" in c.workers[0].log()

@@ -66,6 +66,16 @@ def test_secret_file(tmp_path):
     assert config.load_secret(str(p)) == b"x" * 40
 
 
+def test_worker_rewrite_settings_are_checked_at_start(tmp_path):
+    bad = tmp_path / "worker.yaml"
+    bad.write_text(f"encoder_swaps: {{libx264: hevc_nvenc}}\nlisten: 127.0.0.1:0\nsecret_file: {tmp_path}/s\n"
+                   f"discovery: {{enabled: false}}\n")
+    r = subprocess.run([sys.executable, "-m", "clusterplex.worker", "--config", str(bad)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 78
+    assert f"{bad}: /encoder_swaps/libx264: must be one of libx264, h264_vaapi, h264_nvenc, h264_qsv" in r.stderr
+
+
 @pytest.mark.parametrize("daemon", ["orchestrator", "worker", "relay"])
 def test_daemons_exit_78_on_bad_config(tmp_path, daemon):
     bad = tmp_path / "bad.yaml"
