@@ -129,8 +129,9 @@ class Mdns:
 class Announcement:
     """A registered service that can be updated and withdrawn (goodbye)."""
 
-    def __init__(self, mdns, type_, name, port, addresses, txt):
+    def __init__(self, mdns, type_, name, port, addresses, txt, unique=False):
         self.mdns = mdns
+        self.unique = unique        # name unique by construction: skip RFC 6762 probing (~1 s)
         self.type = type_
         self.name = f"{service_label(name)}.{type_}"
         self.port = port
@@ -151,7 +152,8 @@ class Announcement:
     async def register(self):
         async with self._lock:
             self.info = self._info()
-            await (await self.mdns.azc.async_register_service(self.info, allow_name_change=True))
+            await (await self.mdns.azc.async_register_service(self.info, allow_name_change=not self.unique,
+                                                              cooperating_responders=self.unique))
             self.name = self.info.name
             logger.info("announced %s on %s port %d", self.name, ", ".join(self.addresses), self.port)
 

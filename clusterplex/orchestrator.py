@@ -156,7 +156,8 @@ class Orchestrator:
         if txt.get("fp") != fp:
             why = "not joined to any cluster" if not txt.get("fp") else "belongs to another cluster"
             if self.ignored.get(name) != why:
-                logger.info("ignoring worker %s at %s:%d: %s", discovery.instance(name), host, port, why)
+                logger.info("ignoring worker %s at %s:%d: %s", txt.get("name") or discovery.instance(name), host,
+                            port, why)
                 self.ignored[name] = why
                 self._update_status()
             return
@@ -168,15 +169,16 @@ class Orchestrator:
                 return       # already known (static entry)
         rec = self.registry.get(key)
         if rec is not None and rec.address != (host, port):
-            logger.info("worker %s moved to %s:%d", discovery.instance(name), host, port)
+            logger.info("worker %s moved to %s:%d", rec.name or discovery.instance(name), host, port)
         self.add_worker(key, (host, port), "mdns")
 
     def _mdns_down(self, name):
         if self.ignored.pop(name, None) is not None:
             self._update_status()
         key = f"mdns:{name}"
-        if self.registry.get(key) is not None:
-            logger.info("worker %s said goodbye", discovery.instance(name))
+        rec = self.registry.get(key)
+        if rec is not None:
+            logger.info("worker %s said goodbye", rec.name or discovery.instance(name))
             self.remove_worker(key, "announced goodbye")
             self._update_status()
 

@@ -208,8 +208,9 @@ class Worker:
         except OSError as e:
             raise daemon.StartupError(f"cannot start mDNS on {self.cfg.discovery.interfaces or 'all interfaces'}: "
                                       f"{e.strerror or e} (check discovery.interfaces)", config.EX_CONFIG) from None
-        self.announcement = discovery.Announcement(self.mdns, discovery.WORKER_TYPE, self.name, port, addresses,
-                                                   self._txt())
+        # "<name>-<random id>" is unique by construction, so registration skips probing
+        self.announcement = discovery.Announcement(self.mdns, discovery.WORKER_TYPE, f"{self.name}-{self.id}", port,
+                                                   addresses, self._txt(), unique=True)
         await self.announcement.register()
 
     def _spawn(self, coro):

@@ -1,6 +1,6 @@
 """Benchmarks of the core transcode path on loopback (real processes).
 
-    bash bench/run.sh [--runs N]
+    bash bench/run.sh transcode [--runs N]
 
 Scenarios (the same as the ClusterPlex baseline in issue 2):
   dispatch      shim launch -> stand-in transcoder starts on a worker
