@@ -48,3 +48,12 @@ class NetCluster(cl.Cluster):
 
     def pms_requests(self):
         return netns.run_in(self.orch_host.ns, super().pms_requests)
+
+    def start(self):
+        super().start()
+        try:   # the relay finds the orchestrator over mDNS for the shims (orchestrator: auto)
+            self.relay.wait_status(r"orchestrator http://", 10)
+        except BaseException:
+            self.stop()
+            raise
+        return self

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from tests import cluster as cl
 from tests import netns
 from tests.netcluster import NetCluster
 from tests.fakes import fixtures
@@ -61,15 +62,33 @@ def test_goodbye_removes_at_once_and_a_restarted_worker_is_found_again(lan, tmp_
         c.orchestrator.wait_status(r"^2 of 2 workers ready", 10, since=mark)
 
 
-def test_sigkill_and_link_cut_are_detected_within_3s_and_healed(lan, tmp_path):
+def test_sigkill_and_link_cut_are_detected_within_3s_jobs_fail_over_and_links_heal(lan, tmp_path):
+    clip = tmp_path / "clip.mkv"
+    fixtures.make_clip(str(clip), seconds=2)
     with NetCluster(tmp_path, lan, workers=2) as c:
+        key, uid = "f" + uuid.uuid4().hex[:8], str(uuid.uuid4())
+        sdir = c.session_dir(key, uid)
+        argv = ["-x_test_stderr", "transcoder-up", "-x_test_hold", "60", "-i", str(clip), "-progressurl",
+                f"http://127.0.0.1:32400/video/:/transcode/session/{key}/{uid}/progress", "out.ts"]
+        shim = c.shim(argv, sdir, mode="remote")
+        try:
+            cl.read_until(shim.stderr, "transcoder-up", 20)
+            [job] = [j for j in c.api("/api/v1/jobs") if j["state"] == "running"]
+            victim = int(job["worker"][-1])
+            mark = c.orchestrator.mark()
+            t0 = time.monotonic()
+            c.worker_hosts[victim].cut()
+            c.orchestrator.wait_status(r"^1 of 2 workers ready, 1 offline", 5, since=mark)
+            assert time.monotonic() - t0 <= 3.0
+            cl.read_until(shim.stderr, "restarting it on another worker", 5)
+            cl.read_until(shim.stderr, "transcoder-up", 10)
+            [job] = [j for j in c.api("/api/v1/jobs") if j["state"] == "running"]
+            assert job["worker"] == f"worker{1 - victim}"
+        finally:
+            shim.kill()
+            shim.communicate(timeout=10)
         mark = c.orchestrator.mark()
-        t0 = time.monotonic()
-        c.worker_hosts[0].cut()
-        c.orchestrator.wait_status(r"^1 of 2 workers ready, 1 offline", 5, since=mark)
-        assert time.monotonic() - t0 <= 3.0
-        mark = c.orchestrator.mark()
-        c.worker_hosts[0].heal()
+        c.worker_hosts[victim].heal()
         c.orchestrator.wait_status(r"^2 of 2 workers ready", 15, since=mark)
         mark = c.orchestrator.mark()
         t0 = time.monotonic()
