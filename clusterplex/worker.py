@@ -9,6 +9,7 @@ not to a connection: if the orchestrator goes away a job keeps running for
 """
 
 import asyncio
+import functools
 import logging
 import os
 import platform
@@ -19,7 +20,7 @@ import time
 import psutil
 from aiohttp import web
 
-from . import __version__, config, daemon, discovery, link, policy, protocol, rewrite, runner
+from . import __version__, config, daemon, discovery, hardware, link, policy, protocol, rewrite, runner
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,9 @@ class Worker:
         self.mdns = None
         self.announcement = None
         self.rewrites = None
-        self.hardware = {"cpu": {"arch": platform.machine()}, "gpus": [], "hw_codecs": [], "transcoder": {}}
+        self.hardware = {"cpu": {"arch": platform.machine(), "threads": os.cpu_count() or 1, "model": "",
+                                 "benchmark": float(os.cpu_count() or 1)},
+                         "memory": 0, "gpus": [], "hw_codecs": [], "vaapi": {}, "transcoder": {}}
         self.log_once = daemon.LogOnce(logger)
         self._runner = None
         self._tasks = set()
@@ -110,6 +113,23 @@ class Worker:
         except rewrite.SettingsError as e:
             key, _, message = str(e).partition(": ")
             raise config.ConfigError(f"{self.config_path}: /{key.replace('.', '/')}: {message}") from None
+
+    async def detect_hardware(self):
+        """Detect CPU, GPUs and hardware codecs (tools and a short benchmark: off the event loop)."""
+        try:
+            os.makedirs(self.cfg.state_dir, mode=0o750, exist_ok=True)
+        except OSError as e:
+            logger.warning("cannot create state_dir %s: %s (the CPU benchmark is not cached)",
+                           self.cfg.state_dir, e.strerror)
+        detect = functools.partial(hardware.detect, transcoder=self.transcoder or self.cfg.transcoder,
+                                   cache_path=os.path.join(self.cfg.state_dir, "benchmark.json"))
+        self.hardware = await asyncio.get_running_loop().run_in_executor(None, detect)
+        hw = self.hardware
+        logger.info("hardware: %s, %d threads, %s, benchmark %.0f; GPUs: %s; hardware codecs: %s; "
+                    "Plex codecs %s", hw["cpu"]["model"] or "cpu", hw["cpu"]["threads"], hw["cpu"]["arch"],
+                    hw["cpu"]["benchmark"],
+                    ", ".join(f"{g['vendor']} {g['name'] or g['driver']}" for g in hw["gpus"]) or "none",
+                    ", ".join(hw["hw_codecs"]) or "none", hw["transcoder"].get("codec_version") or "unknown")
 
     def _load_secret(self):
         try:
@@ -149,6 +169,7 @@ class Worker:
         self.notifier.status(self.status_line())
 
     def status(self):
+        hw = self.hardware
         return {
             "type": "status",
             "id": self.id,
@@ -159,13 +180,15 @@ class Worker:
             "max_jobs": self.max_jobs,
             "weight": self.cfg.weight,
             "priority": self.cfg.priority,
-            "cpus": os.cpu_count() or 1,
-            "benchmark": float(os.cpu_count() or 1),
+            "cpus": hw["cpu"]["threads"],
+            "benchmark": hw["cpu"]["benchmark"],
             "running": sorted(self.jobs),
             "version": __version__,
             "transcoder": self.transcoder or self.cfg.transcoder,
-            "hardware": {"cpus": os.cpu_count() or 1, "arch": platform.machine(),
-                         "memory": psutil.virtual_memory().total},
+            "hardware": {"cpus": hw["cpu"]["threads"], "arch": hw["cpu"]["arch"], "model": hw["cpu"]["model"],
+                         "memory": hw["memory"], "gpus": hw["gpus"], "hw_codecs": hw["hw_codecs"],
+                         "plex_codecs": hw["transcoder"].get("codec_version"),
+                         "plex_arch": hw["transcoder"].get("plex_arch")},
         }
 
     def status_line(self):
@@ -184,6 +207,7 @@ class Worker:
     async def start(self):
         self.rewrites = self._check_rewrites(self.cfg)
         self.evaluate()
+        await self.detect_hardware()
         app = web.Application()
         app.router.add_get("/health", self.health)
         app.router.add_get(protocol.CONTROL_PATH, self.control)
@@ -196,8 +220,7 @@ class Worker:
 
     def _txt(self):
         fp = protocol.secret_fingerprint(self.secret) if self.secret else ""
-        hw = self.status()["hardware"]
-        return discovery.worker_txt(self.status(), fp, {"cpus": hw["cpus"], "arch": hw["arch"]})
+        return discovery.worker_txt(self.status(), fp, hardware.summary(self.hardware))
 
     async def _announce(self):
         host, port = config.parse_hostport(self.listen_address)
@@ -243,6 +266,8 @@ class Worker:
         self._load_secret()
         logger.info("configuration reloaded")
         self.evaluate()
+        await self.detect_hardware()
+        self.broadcast_status()
         if self.announcement is not None:
             await self.announcement.update(self._txt())
 

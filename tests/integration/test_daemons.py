@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import signal
 import subprocess
 
 import aiohttp
@@ -31,6 +32,19 @@ def test_watchdog_pings_come_from_the_running_daemon(c, tmp_path):
     finally:
         assert d.stop() == 0
     assert any(m.get("STOPPING") == "1" for m in d.messages)
+
+
+def test_sighup_reloads_the_worker_and_detects_hardware_again(c):
+    w = c.workers[0]
+    mark = w.mark()
+    w.proc.send_signal(signal.SIGHUP)
+    w.wait_for(lambda f: f.get("RELOADING") == "1", 10, what="RELOADING=1", since=mark)
+    w.wait_for(lambda f: f.get("READY") == "1", 10, what="READY=1 after reload", since=mark)
+    log = w.log()
+    assert log.count("clusterplex.worker: hardware: ") == 2 and "configuration reloaded" in log
+    benchmarks = [line.split("benchmark ")[1].split(";")[0] for line in log.splitlines()
+                  if "clusterplex.worker: hardware: " in line]
+    assert benchmarks[0] == benchmarks[1]          # cached in state_dir, not measured again
 
 
 def test_daemons_stop_cleanly_on_sigterm(tmp_path):

@@ -2,6 +2,8 @@
 (real ffmpeg) -> relay -> fake PMS. Every piece is a real process."""
 
 import json
+import os
+import platform
 import shutil
 import subprocess
 import time
@@ -286,6 +288,9 @@ def test_api_and_status(cluster):
     assert sorted(w["name"] for w in workers) == ["worker0", "worker1"]
     for w in workers:
         assert w["state"] == "ready" and w["address"].startswith("127.0.0.1:") and "running_jobs" in w
+        hw = w["hardware"]
+        assert hw["cpus"] == os.cpu_count() and hw["arch"] == platform.machine() and hw["benchmark"] > 0
+        assert isinstance(hw["gpus"], list) and isinstance(hw["hw_codecs"], list) and hw["memory"] > 0
     r = subprocess.run(cl.command("clusterplex") + ["status", "--orchestrator", cluster.orchestrator.url],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
