@@ -106,3 +106,37 @@ def test_two_clusters_on_one_lan_ignore_each_other(lan, tmp_path):
         assert "ignoring worker worker1" in c.orchestrator.log() and "belongs to another cluster" in c.orchestrator.log()
         # and the other cluster's worker never accepted us either: nobody connected to it
         assert "orchestrator connected" not in c.workers[1].log()
+
+
+def test_worker_record_follows_its_state(lan, tmp_path):
+    """The TXT record says ready / not_ready as the worker's state changes (seen by a plain browser)."""
+    import asyncio
+    import shutil
+    from clusterplex import discovery
+
+    missing = tmp_path / "bin" / "transcoder"
+    with NetCluster(tmp_path, lan, workers=1, worker_overrides={0: {"transcoder": str(missing)}},
+                    wait_ready=False) as c:
+        async def browse():
+            states = asyncio.Queue()
+            mdns = discovery.Mdns([c.orch_host.addr])
+            await mdns.start()
+            watch = discovery.Watch(mdns, discovery.WORKER_TYPE,
+                                    lambda name, host, port, txt: states.put_nowait(txt), lambda name: None)
+            await watch.start()
+            try:
+                async def until(state):
+                    while True:
+                        txt = await asyncio.wait_for(states.get(), 15)
+                        if txt.get("state") == state:
+                            return txt
+                txt = await until("not_ready")
+                assert txt["name"] == "worker0" and txt["arch"] and txt["cpus"]
+                missing.parent.mkdir()
+                shutil.copy(cl.STANDIN, missing)         # the admin installs the transcoder
+                await until("ready")
+            finally:
+                await watch.close()
+                await mdns.close()
+
+        netns.run_in(c.orch_host.ns, asyncio.run, browse())
