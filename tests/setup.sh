@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(ffmpeg python3 python3-venv python3-pip python3-aiohttp python3-zeroconf python3-sdnotify
+APT_PACKAGES=(ffmpeg iproute2 python3 python3-venv python3-pip python3-aiohttp python3-zeroconf python3-sdnotify
               python3-yaml python3-psutil)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
