@@ -10,6 +10,7 @@ Only Plex's transcode and Live TV paths are forwarded; it is no open proxy.
 
 import asyncio
 import logging
+import os
 import re
 
 import aiohttp
@@ -25,7 +26,7 @@ HOP_BY_HOP = frozenset(h.lower() for h in (
     "Transfer-Encoding", "Upgrade", "Host", "Proxy-Connection"))
 _CAP_RE = re.compile(r"/_cp/([0-9A-Za-z]{8,64})/([0-9a-f]{32})(/.*)?\Z", re.S)
 _BAD_PATH = re.compile(r"(^|/)\.\.?(/|$)|//|%2f|%5c|%2e|\\|%00", re.I)
-CHUNK = 64 * 1024
+SECRET_RECHECK = 2.0
 
 
 def route(raw_target, secret):
@@ -60,12 +61,33 @@ class Relay:
         self.requests = 0
         self.refused = 0
         self.orchestrator = None    # (mDNS name, url) when discovered
+        self.secret_error = ""
+        self._secret_task = None
         self.mdns = None
         self.watch = None
         self._runner = None
 
+    def _load_secret(self):
+        """The secret may arrive after us (package order, `clusterplex join`): until then, refuse all."""
+        try:
+            self.secret = config.load_secret(self.cfg.secret_file)
+            self.secret_error = ""
+            logger.info("cluster secret loaded")
+        except config.ConfigError as e:
+            self.secret, self.secret_error = None, str(e)
+            logger.warning("not joined: %s; refusing every request until it exists", e)
+        self.notifier.status(self.status_line())
+
+    async def _wait_for_secret(self):
+        while self.secret is None:
+            await asyncio.sleep(SECRET_RECHECK)
+            if os.path.exists(self.cfg.secret_file):
+                self._load_secret()
+        if self.cfg.orchestrator == "auto" and self.cfg.discovery.enabled and self.watch is None:
+            await self._start_discovery()
+
     async def start(self):
-        self.secret = config.load_secret(self.cfg.secret_file)
+        self._load_secret()
         self.http = aiohttp.ClientSession(
             auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
             connector=aiohttp.TCPConnector(limit=0, force_close=False),
@@ -74,7 +96,9 @@ class Relay:
         app.router.add_route("*", "/{tail:.*}", self.handle)
         host, port = self.cfg.relay.listen
         self._runner, self.listen_address = await daemon.serve(app, host, port, "the relay")
-        if self.cfg.orchestrator == "auto" and self.cfg.discovery.enabled:
+        if self.secret is None:
+            self._secret_task = asyncio.get_running_loop().create_task(self._wait_for_secret())
+        elif self.cfg.orchestrator == "auto" and self.cfg.discovery.enabled:
             await self._start_discovery()
 
     async def _start_discovery(self):
@@ -111,12 +135,16 @@ class Relay:
             self.notifier.status(self.status_line())
 
     def status_line(self):
+        if self.secret is None:
+            return f"not joined: {self.secret_error}"
         line = f"relaying to {self.cfg.plex_url}: {self.requests} requests, {self.refused} refused"
         if self.cfg.orchestrator == "auto":
             line += f"; orchestrator {self.orchestrator[1] if self.orchestrator else 'not found yet'}"
         return line
 
     async def shutdown(self):
+        if self._secret_task is not None:
+            self._secret_task.cancel()
         if self.watch is not None:
             await self.watch.close()
         if self.mdns is not None:
@@ -137,6 +165,8 @@ class Relay:
         """Runs before routing decisions count: CONNECT and odd targets never reach a handler."""
         if request.method == "CONNECT":
             return self._refuse(request, 405, "CONNECT is not allowed: this is not an open proxy")
+        if self.secret is None:
+            return self._refuse(request, 503, "relay not joined to a cluster yet (no cluster secret)")
         return await handler(request)
 
     async def handle(self, request):

@@ -141,6 +141,10 @@ class Worker:
     def evaluate(self):
         """Recompute ready / not ready; tell everyone if it changed."""
         reasons = []
+        if self.secret is None and os.path.exists(self.cfg.secret_file):
+            self._load_secret()          # joined meanwhile (package order, `clusterplex join`, Ansible)
+            if self.announcement is not None:
+                self._spawn(self.announcement.update(self._txt()))
         if self.secret is None:
             reasons.append(f"not joined: {self.secret_error}")
         self.transcoder, why = resolve_transcoder(self.cfg.transcoder)
@@ -352,7 +356,7 @@ class Worker:
                               self.rewrites, self.hardware)
         spec = dict(spec, argv=res.argv, cwd=res.cwd, env=res.env)
         for note in res.notes:
-            logger.info("job %s: %s", spec["id"][:8], note)
+            logger.log(logging.DEBUG if note.startswith("env ") else logging.INFO, "job %s: %s", spec["id"][:8], note)
         problem = runner.preflight(spec, self.cfg.transcode_root, self.name)
         if problem:
             return refuse(problem)

@@ -109,3 +109,21 @@ def test_pms_down_gives_502_with_the_reason(c):
         assert status == 502 and "PMS unreachable at http://127.0.0.1:9" in body
     finally:
         d.stop()
+
+
+def test_relay_waits_for_the_secret(c, tmp_path):
+    """Installed before the orchestrator (or before `join`): refuse everything, then work once it exists."""
+    secret = tmp_path / "late-secret"
+    cfg = c.pms_config("relay-late", secret_file=str(secret), relay={"listen": "127.0.0.1:0"})
+    d = cl.Daemon("relay-late", cl.command("clusterplex-relay") + ["--config", str(cfg)], c.root).start()
+    try:
+        d.wait_status(r"^not joined: secret file .* not found", 5)
+        path = cap() + "/video/:/transcode/session/k/u/progress?progress=1"
+        status, body = request(d.listen, "PUT", path)
+        assert status == 503 and "not joined" in body
+        mark = d.mark()
+        secret.write_text(cl.SECRET + "\n")
+        d.wait_status(r"^relaying to ", 10, since=mark)
+        assert request(d.listen, "PUT", path)[0] == 206
+    finally:
+        assert d.stop() == 0
