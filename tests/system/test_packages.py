@@ -219,9 +219,13 @@ def test_plex_first_then_upgrade_keeps_config_and_secret(debs):
         secret = c.read_file("/etc/clusterplex/secret")
         worker_yaml = c.read_file("/etc/clusterplex/worker.yaml") + "\nmax_jobs: 3\n"
         c.write_file("/etc/clusterplex/worker.yaml", worker_yaml)
+        units = ("clusterplex-orchestrator", "clusterplex-worker", "clusterplex-relay")
+        pids = {u: unit_prop(c, u, "MainPID") for u in units}
         c.install_debs([new["python3-clusterplex"], new["clusterplex-orchestrator"], new["clusterplex-pms"],
                         new["clusterplex-worker"]])
         assert c.run(["dpkg-query", "-W", "-f", "${Version}", "clusterplex-worker"]).stdout == "0.1.0"
+        for u in units:     # restarted on upgrade (new processes), running the new code
+            assert unit_prop(c, u, "MainPID") not in ("0", pids[u])
         assert c.read_file("/etc/clusterplex/worker.yaml") == worker_yaml
         assert c.read_file("/etc/clusterplex/secret") == secret
         assert "clusterplex.shim" in c.read_file(TRANSCODER)
@@ -232,6 +236,8 @@ def test_plex_first_then_upgrade_keeps_config_and_secret(debs):
                "python3-clusterplex"])
         assert "fake Plex Transcoder 1.0" in c.read_file(TRANSCODER)
         assert c.run(["test", "-e", "/etc/clusterplex/secret"], check=False).returncode == 1
+        # stopped on removal: no daemon left
+        assert c.run(["pgrep", "-f", "clusterplex-"], check=False).returncode == 1
 
 
 def test_worker_without_secret_waits_not_joined(debs):
