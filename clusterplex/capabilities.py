@@ -47,6 +47,8 @@ class Needs:
             parts.append(f"{self.width}x{self.height}")
         if self.hw_required:
             parts.append("needs " + ",".join(sorted(self.hw_required)))
+        if self.eae:
+            parts.append("eae")
         return ", ".join(parts) or "no video"
 
     def __repr__(self):
@@ -128,6 +130,10 @@ def _api_for(hw_codecs, codec, direction):
     return None
 
 
+EAE = "eae"      # the capability of a worker that runs EasyAudioEncoder
+
+
 def missing(needs, hw_codecs):
     """Hard requirements this worker lacks (a sorted list; empty means it can run the job)."""
-    return sorted(needs.hw_required - set(hw_codecs))
+    required = needs.hw_required | ({EAE} if needs.eae else set())
+    return sorted(required - set(hw_codecs))

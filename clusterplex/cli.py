@@ -65,6 +65,55 @@ def cmd_status(opts):
     return 0
 
 
+def _worker_url(opts):
+    if opts.worker:
+        return opts.worker.rstrip("/")
+    try:
+        cfg = config.load("worker", opts.worker_config, missing_ok=True)
+        port = cfg.listen[1]
+    except config.ConfigError:
+        port = 3501
+    return f"http://127.0.0.1:{port}"
+
+
+def cmd_worker_codecs(opts):
+    base = _worker_url(opts)
+    try:
+        if opts.refresh:
+            req = urllib.request.Request(base + "/api/v1/codecs/refresh", method="POST")
+            with urllib.request.urlopen(req, timeout=opts.timeout) as resp:
+                info = json.load(resp)
+        else:
+            info = _get(base, "/api/v1/codecs", opts.timeout)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        print(f"clusterplex: cannot reach the worker at {base}: {getattr(e, 'reason', e)}\n"
+              f"  Is clusterplex-worker running? (systemctl status clusterplex-worker)", file=sys.stderr)
+        return EX_UNAVAILABLE
+    if opts.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    t = info.get("transcoder") or {}
+    print(f"Transcoder {t.get('path') or '?'}: codec version {t.get('codec_version') or 'unknown'}, "
+          f"arch {t.get('plex_arch') or 'unknown'}")
+    st = info.get("codecs")
+    if not info.get("enabled"):
+        print("Codecs: not managed (codecs.enabled is false)")
+    elif st is None:
+        print("Codecs: not needed (no Plex codec version in the transcoder)")
+    else:
+        print(f"Codecs: {st['state']}, {st['present']}/{st['total']} in {st['path']}")
+        if st.get("reason"):
+            print(f"  {st['reason']}")
+        for lib, why in sorted((st.get("failed") or {}).items()):
+            print(f"  {lib}: {why}")
+    eae = info.get("eae") or {}
+    if eae.get("enabled"):
+        print(f"EasyAudioEncoder: {'running' if eae.get('running') else 'not running'}"
+              + (f" ({eae['problem']})" if eae.get("problem") else ""))
+    ready = st is None or st.get("state") == "ready" or not info.get("enabled")
+    return 0 if ready else 1
+
+
 def main(argv=None):
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=config.default_path("pms"),
@@ -77,6 +126,15 @@ def main(argv=None):
     st = sub.add_parser("status", parents=[common], help="workers and running jobs")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_status)
+    wk = sub.add_parser("worker", help="this machine's worker")
+    wsub = wk.add_subparsers(dest="worker_command", required=True)
+    wc = wsub.add_parser("codecs", help="Plex codec libraries and EasyAudioEncoder on this worker")
+    wc.add_argument("--refresh", action="store_true", help="check and download again")
+    wc.add_argument("--json", action="store_true", help="machine-readable output")
+    wc.add_argument("--worker", help="worker URL (default: http://127.0.0.1:<port from worker.yaml>)")
+    wc.add_argument("--worker-config", default=config.default_path("worker"), help="default: %(default)s")
+    wc.add_argument("--timeout", type=float, default=10.0)
+    wc.set_defaults(func=cmd_worker_codecs)
     opts = parser.parse_args(argv)
     return opts.func(opts)
 

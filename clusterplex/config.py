@@ -287,6 +287,17 @@ WORKER = Section({
     "encoder_swaps": StrMap(key_pattern=r"[A-Za-z0-9_-]+"),
     "render_node": Path("", allow_empty=True),
     "path_map": List(Section({"from": Path(), "to": Path()})),
+    "codecs": Section({
+        "enabled": Bool(True),
+        "dir": Path("/var/lib/clusterplex/codecs"),
+        "server": Url("https://downloads.plex.tv/codecs"),
+        "list": Path("", allow_empty=True),
+    }),
+    "eae": Section({
+        "enabled": Bool(False),
+        "api": Url("https://plex.tv/api/codecs/easyaudioencoder"),
+        "dir": Path("/var/lib/clusterplex/eae"),
+    }),
     "env": StrMap(key_pattern=r"[A-Za-z_][A-Za-z0-9_]*"),
     "kill_grace": Number(0.5, minimum=0, maximum=30),
     "drain_timeout": Number(0, minimum=0, maximum=86400),

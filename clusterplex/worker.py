@@ -20,7 +20,7 @@ import time
 import psutil
 from aiohttp import web
 
-from . import __version__, config, daemon, discovery, hardware, link, policy, protocol, rewrite, runner
+from . import __version__, capabilities, codecs, config, daemon, discovery, eae, hardware, link, policy, protocol, rewrite, runner
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,10 @@ class Worker:
         self.mdns = None
         self.announcement = None
         self.rewrites = None
+        self.codecs = None           # codecs.CodecManager while this transcoder needs Plex's codecs
+        self._codecs_task = None
+        self.eae = None              # eae.Supervisor when eae.enabled
+        self.eae_problem = ""
         self.hardware = {"cpu": {"arch": platform.machine(), "threads": os.cpu_count() or 1, "model": "",
                                  "benchmark": float(os.cpu_count() or 1)},
                          "memory": 0, "gpus": [], "hw_codecs": [], "vaapi": {}, "transcoder": {}}
@@ -131,6 +135,60 @@ class Worker:
                     ", ".join(f"{g['vendor']} {g['name'] or g['driver']}" for g in hw["gpus"]) or "none",
                     ", ".join(hw["hw_codecs"]) or "none", hw["transcoder"].get("codec_version") or "unknown")
 
+    def _codec_list(self, cfg):
+        if not cfg.codecs.list:
+            return list(codecs.DEFAULT_LIBS)
+        try:
+            return codecs.load_list(cfg.codecs.list)
+        except codecs.CodecListError as e:
+            raise config.ConfigError(f"{self.config_path}: /codecs/list: {e}") from None
+
+    def _start_codecs(self):
+        """Provision Plex's codec libraries for this transcoder's version (in the background)."""
+        version = self.hardware["transcoder"].get("codec_version")
+        arch = self.hardware["transcoder"].get("plex_arch")
+        if not self.cfg.codecs.enabled:
+            self._stop_codecs()
+            return
+        if version is None:
+            if self.transcoder:
+                logger.warning("no Plex codec version in %s: not Plex's transcoder? Codecs are not provisioned",
+                               self.transcoder)
+            self._stop_codecs()
+            return
+        if self.codecs is not None and (self.codecs.version, self.codecs.arch) == (version, arch):
+            return
+        self._stop_codecs()
+        self.codecs = codecs.CodecManager(self.cfg.codecs.dir, self.cfg.codecs.server, version, arch, self.libs,
+                                          on_progress=lambda state: self.evaluate())
+        logger.info("codecs for Plex transcoder %s (%s) in %s", version, arch, self.codecs.path)
+        self._codecs_task = self._spawn(self.codecs.run())
+
+    def _stop_codecs(self):
+        if self._codecs_task is not None:
+            self._codecs_task.cancel()
+        self.codecs = self._codecs_task = None
+
+    async def _start_eae(self):
+        """Fetch EasyAudioEncoder if needed, then keep one running."""
+        binary = os.path.join(self.cfg.eae.dir, eae.BINARY)
+        if not os.path.exists(binary):
+            arch = self.hardware["transcoder"].get("plex_arch")
+            try:
+                os.makedirs(self.cfg.eae.dir, mode=0o750, exist_ok=True)
+                await codecs.fetch_eae(None, self.cfg.eae.api, arch, self.cfg.eae.dir, device_id=self.id)
+            except (codecs.EAEError, OSError) as e:
+                self.eae_problem = f"cannot fetch EasyAudioEncoder: {e}"
+                logger.error("%s; EAE jobs go to other workers", self.eae_problem)
+                self.broadcast_status()
+                return
+        self.eae = eae.Supervisor(binary, os.path.join(self.cfg.eae.dir, "watch"), on_change=self._eae_changed)
+        self.eae.start()
+
+    def _eae_changed(self, running):
+        self.broadcast_status()        # the "eae" capability comes and goes with the process
+        self.notifier.status(self.status_line())
+
     def _load_secret(self):
         try:
             self.secret = config.load_secret(self.cfg.secret_file)
@@ -150,6 +208,9 @@ class Worker:
         self.transcoder, why = resolve_transcoder(self.cfg.transcoder)
         if why:
             reasons.append(why)
+        if self.codecs is not None and not self.codecs.state.ready:
+            st = self.codecs.state
+            reasons.append(f"{st.summary()}" if st.reason else f"{st.summary()} (downloading)")
         root = self.cfg.transcode_root
         if not os.path.isdir(root):
             reasons.append(f"transcode_root {root} does not exist (shared transcode directory not mounted?)")
@@ -189,14 +250,22 @@ class Worker:
             "running": sorted(self.jobs),
             "version": __version__,
             "transcoder": self.transcoder or self.cfg.transcoder,
+            "codecs": self.codecs.state.as_dict() if self.codecs is not None else None,
+            "eae": {"enabled": self.cfg.eae.enabled, "running": bool(self.eae and self.eae.running),
+                    "problem": self.eae_problem},
             "hardware": {"cpus": hw["cpu"]["threads"], "arch": hw["cpu"]["arch"], "model": hw["cpu"]["model"],
-                         "memory": hw["memory"], "gpus": hw["gpus"], "hw_codecs": hw["hw_codecs"],
+                         "memory": hw["memory"], "gpus": hw["gpus"],
+                         "hw_codecs": hw["hw_codecs"] + ([capabilities.EAE] if self.eae and self.eae.running else []),
                          "plex_codecs": hw["transcoder"].get("codec_version"),
                          "plex_arch": hw["transcoder"].get("plex_arch")},
         }
 
     def status_line(self):
         jobs = f"{len(self.jobs)}/{self.max_jobs} jobs running"
+        if self.codecs is not None and not self.codecs.state.ready:
+            jobs += f", {self.codecs.state.summary()}"
+        if self.cfg.eae.enabled:
+            jobs += ", EAE running" if self.eae and self.eae.running else ", EAE not running"
         if self.state == READY:
             return f"ready, {jobs}, {len(self.peers)} orchestrator(s) connected"
         return f"{self.state}: {self.reason}; {jobs}"
@@ -210,10 +279,16 @@ class Worker:
 
     async def start(self):
         self.rewrites = self._check_rewrites(self.cfg)
+        self.libs = self._codec_list(self.cfg)
         self.evaluate()
         await self.detect_hardware()
+        self._start_codecs()
+        if self.cfg.eae.enabled:
+            self._spawn(self._start_eae())
         app = web.Application()
         app.router.add_get("/health", self.health)
+        app.router.add_get("/api/v1/codecs", self.api_codecs)
+        app.router.add_post("/api/v1/codecs/refresh", self.api_codecs_refresh)
         app.router.add_get(protocol.CONTROL_PATH, self.control)
         host, port = self.cfg.listen
         self._runner, self.listen_address = await daemon.serve(app, host, port, "orchestrator connections")
@@ -269,8 +344,10 @@ class Worker:
         self.name = cfg.name or socket.gethostname()
         self._load_secret()
         logger.info("configuration reloaded")
+        self.libs = self._codec_list(cfg)
         self.evaluate()
         await self.detect_hardware()
+        self._start_codecs()
         self.broadcast_status()
         if self.announcement is not None:
             await self.announcement.update(self._txt())
@@ -293,6 +370,9 @@ class Worker:
             await asyncio.wait([j.task for j in jobs if j.task], timeout=5)
         for peer in list(self.peers):
             await peer.flush_and_close(code=1001, message=b"worker stopping")
+        self._stop_codecs()
+        if self.eae is not None:
+            await self.eae.stop()
         for task in list(self._tasks):
             task.cancel()
         if self._runner is not None:
@@ -303,6 +383,21 @@ class Worker:
     async def health(self, request):
         return web.json_response({"name": self.name, "state": self.state, "reason": self.reason,
                                   "running_jobs": len(self.jobs), "max_jobs": self.max_jobs})
+
+    async def api_codecs(self, request):
+        return web.json_response({"enabled": self.cfg.codecs.enabled,
+                                  "codecs": self.codecs.state.as_dict() if self.codecs else None,
+                                  "transcoder": self.hardware["transcoder"],
+                                  "eae": self.status()["eae"]})
+
+    async def api_codecs_refresh(self, request):
+        """Check and download again (from this host only)."""
+        if request.remote not in ("127.0.0.1", "::1"):
+            return web.json_response({"error": "only from the worker's own host"}, status=403)
+        self._stop_codecs()
+        self._start_codecs()
+        self.evaluate()
+        return await self.api_codecs(request)
 
     async def control(self, request):
         ws, ok = await link.accept(request, self.secret, protocol.ROLE_WORKER, (protocol.ROLE_ORCHESTRATOR,),
@@ -364,7 +459,7 @@ class Worker:
                      shlex.join(spec["argv"]), spec["cwd"])
         job = self.jobs[spec["id"]] = WorkerJob(spec, peer)
         job.transcode = runner.Transcode(
-            spec, self.transcoder, runner.job_env(spec, self.cfg.env),
+            spec, self.transcoder, runner.job_env(spec, self._job_env_overrides()),
             lambda fd, data: job.post({"type": "out", "job_id": job.id, "fd": fd, "data": data.decode("latin-1")}),
             self.cfg.kill_grace)
         try:
@@ -377,6 +472,16 @@ class Worker:
         job.task = self._spawn(self._finish(job))
         self.broadcast_status()
         self.notifier.status(self.status_line())
+
+    def _job_env_overrides(self):
+        """What the worker sets whatever the Plex host sent: its own codec dir and EAE folder."""
+        env = {}
+        if self.codecs is not None:
+            env["FFMPEG_EXTERNAL_LIBS"] = rewrite.escape_spaces(self.codecs.path.rstrip("/")) + "/"
+        if self.eae is not None:
+            env["EAE_ROOT"] = self.eae.watch_dir
+        env.update(self.cfg.env)
+        return env
 
     async def _finish(self, job):
         code, sig = await job.transcode.wait()

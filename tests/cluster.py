@@ -261,7 +261,9 @@ class Cluster:
             secret_file.write_text(self.worker_secret + "\n")
         cfg = {"name": f"worker{i}", "listen": "127.0.0.1:0", "secret_file": str(secret_file),
                "transcoder": str(STANDIN), "transcode_root": str(self.transcode_root),
-               "max_jobs": self.max_jobs, "state_dir": str(self.root / "state"), "kill_grace": 0.5, "drain_timeout": 0, "detached_grace": 5,
+               "max_jobs": self.max_jobs, "state_dir": str(self.root / "state"), "kill_grace": 0.5,
+               "drain_timeout": 0, "detached_grace": 5,
+               "codecs": {"enabled": False},   # never Plex's codec server from a test
                "discovery": {"enabled": False}, "log_level": "debug"}
         cfg.update(self.worker_overrides.get(i, {}))
         cfg.update(over)

@@ -33,8 +33,8 @@ def test_4k_h264_is_heavy_and_cuvid_decoder_needs_nvdec():
 
 
 def test_fit_and_missing():
-    n = capabilities.needs(fixture("F4"))
-    assert capabilities.missing(n, ["av1:vaapi:decode"]) == ["hevc:vaapi:encode"]
-    assert capabilities.missing(n, ["av1:vaapi:decode", "hevc:vaapi:encode"]) == []
+    n = capabilities.needs(fixture("F4"))     # VAAPI and an EAE audio decoder
+    assert capabilities.missing(n, ["av1:vaapi:decode"]) == ["eae", "hevc:vaapi:encode"]
+    assert capabilities.missing(n, ["av1:vaapi:decode", "hevc:vaapi:encode", "eae"]) == []
     assert capabilities.hardware_fit(n, ["av1:vaapi:decode"], True) == (0, "av1 decode in hardware (vaapi)")
     assert capabilities.hardware_fit(capabilities.needs(fixture("F1")), [], True)[0] == 1

@@ -160,6 +160,16 @@ def test_missing_hardware_is_a_hard_refusal_not_a_wait():
     assert "nv lacks av1:vaapi:decode,hevc:vaapi:encode" in d.reason
 
 
+def test_eae_jobs_only_go_to_workers_running_eae():
+    eae_job = needs_of("-codec:1", "eac3_eae", "-eae_prefix:1", "s_", "-i", "/m/x.mkv", "-codec:1", "aac", "o.ts")
+    reg = hw_reg([("plain", [], False, 0, 1.0, 0), ("witheae", ["eae"], False, 0, 1.0, 3)])
+    d = scheduler.choose("LOAD_TASKS", reg, scheduler.SchedulerState(), 0.0, needs=eae_job)
+    assert d.worker.key == "witheae"
+    reg.disconnected("witheae", "gone")
+    d = scheduler.choose("LOAD_TASKS", reg, scheduler.SchedulerState(), 0.0, needs=eae_job)
+    assert d.worker is None and "plain lacks eae" in d.reason and not d.waitable
+
+
 def test_full_capable_workers_are_waitable():
     reg = hw_reg([("a", [], False, 0, 1.0, 4), ("b", [], False, 0, 1.0, 4)])
     d = scheduler.choose("RR", reg, scheduler.SchedulerState(), 0.0, needs=LIGHT)
