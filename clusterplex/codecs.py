@@ -527,13 +527,18 @@ class CodecManager:
             else:
                 logger.warning("codecs: cannot lock %s: %s", self.path, e.strerror or e)
             return None
-        for entry in os.scandir(self.path):
-            if entry.name.endswith(TMP_SUFFIX) and entry.is_file(follow_symlinks=False):
-                try:
-                    os.unlink(entry.path)
-                    logger.info("codecs: removed %s left by an interrupted download", entry.name)
-                except OSError as e:
-                    logger.warning("codecs: cannot remove %s: %s", entry.path, e.strerror or e)
+        try:
+            with os.scandir(self.path) as entries:
+                leftovers = [e for e in entries if e.name.endswith(TMP_SUFFIX) and e.is_file(follow_symlinks=False)]
+        except OSError as e:
+            logger.warning("codecs: cannot list %s: %s", self.path, e.strerror or e)
+            leftovers = []
+        for entry in leftovers:
+            try:
+                os.unlink(entry.path)
+                logger.info("codecs: removed %s left by an interrupted download", entry.name)
+            except OSError as e:
+                logger.warning("codecs: cannot remove %s: %s", entry.path, e.strerror or e)
         return fd
 
     def _scan(self):
@@ -751,9 +756,10 @@ class CodecManager:
     def _prune(self, now):
         dirs = []
         try:
-            for entry in os.scandir(self.root):
-                if entry.is_dir(follow_symlinks=False):
-                    dirs.append((entry.name, entry.stat(follow_symlinks=False).st_mtime))
+            with os.scandir(self.root) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        dirs.append((entry.name, entry.stat(follow_symlinks=False).st_mtime))
         except OSError as e:
             logger.warning("codecs: cannot list %s: %s", self.root, e.strerror or e)
             return []
