@@ -63,6 +63,8 @@ class WorkerRecord:
             "hardware": {"cpus": self.cpus, "benchmark": self.benchmark, **self.info.get("hardware", {}),
                          "hw_codecs": sorted(self.hw_codecs)},
             "version": self.info.get("version", ""),
+            "codecs": _codecs_view(self.info.get("codecs")),
+            "eae": self.info.get("eae"),
         }
 
 
@@ -119,7 +121,8 @@ class WorkerRegistry:
         running = status.get("running")
         if isinstance(running, list):
             rec.reported_jobs = frozenset(j for j in running if isinstance(j, str))
-        info = {k: status[k] for k in ("hardware", "version", "transcoder") if isinstance(status.get(k), (dict, str))}
+        info = {k: status[k] for k in ("hardware", "version", "transcoder", "codecs", "eae")
+                if isinstance(status.get(k), (dict, str))}
         rec.info.update(info)
         return rec
 
@@ -154,6 +157,14 @@ class WorkerRegistry:
     def counts(self):
         ready = sum(1 for w in self._workers.values() if w.state == READY)
         return ready, len(self._workers)
+
+
+def _codecs_view(c):
+    """``codecs 120/310`` and friends from a worker's codecs state (None: not managed/needed)."""
+    if not isinstance(c, dict):
+        return None
+    keys = ("state", "present", "total", "reason", "version", "arch")
+    return {k: c.get(k) for k in keys}
 
 
 def _int(value, default, lo, hi):

@@ -447,6 +447,9 @@ class Worker:
             return refuse("duplicate job id")
         if len(self.jobs) >= self.max_jobs:
             return refuse(f"worker {self.name} is full ({len(self.jobs)}/{self.max_jobs} jobs)")
+        if capabilities.needs(spec["argv"]).eae and not (self.eae and self.eae.running):
+            return refuse(f"job needs EasyAudioEncoder, which is not running on worker {self.name} "
+                          f"(eae.enabled is {str(self.cfg.eae.enabled).lower()})")
         res = rewrite.rewrite({"argv": spec["argv"], "cwd": spec["cwd"], "env": policy.filter_env(spec["env"])},
                               self.rewrites, self.hardware)
         spec = dict(spec, argv=res.argv, cwd=res.cwd, env=res.env)

@@ -61,7 +61,7 @@ def test_port_in_use_is_a_clear_startup_error(c, tmp_path):
     assert r.returncode == 1 and "address already in use" in r.stderr
 
 
-async def _hostile(url):
+async def _hostile(url, sessions):
     async with aiohttp.ClientSession() as s:
         # garbage instead of auth
         async with s.ws_connect(url) as ws:
@@ -99,10 +99,17 @@ async def _hostile(url):
                     break
             assert "malformed job" in refused[0] and "malformed job" in refused[1]
             assert "outside transcode_root" in refused[2]
+            eae_job = {"id": "e" * 32, "argv": ["-codec:1", "eac3_eae", "-i", "/etc/hostname", "o.ts"], "cwd": sessions}
+            await ws.send_str(json.dumps({"type": "start", "job": eae_job}))
+            async for m in ws:
+                d = json.loads(m.data)
+                if d["type"] == "refused":
+                    assert "needs EasyAudioEncoder, which is not running on worker worker0" in d["reason"]
+                    break
 
 
 def test_worker_survives_hostile_peers(c):
-    asyncio.run(_hostile(f"{c.workers[0].url}{protocol.CONTROL_PATH}"))
+    asyncio.run(_hostile(f"{c.workers[0].url}{protocol.CONTROL_PATH}", str(c.sessions)))
     with cl.urllib.request.urlopen(c.workers[0].url + "/health", timeout=5) as r:
         assert json.load(r)["state"] == "ready"
     assert c.workers[0].proc.poll() is None

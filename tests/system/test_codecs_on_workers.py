@@ -59,6 +59,8 @@ def test_worker_downloads_codecs_before_it_is_ready_and_jobs_use_them(tmp_path):
             assert sorted(p.name for p in codec_dir.iterdir() if p.suffix == ".so") == sorted(f"{x}.so" for x in LIBS)
             st = worker_status(c, 0)
             assert st["codecs"]["state"] == "ready" and st["codecs"]["present"] == 3
+            [w0] = [w for w in c.api("/api/v1/workers") if w["name"] == "worker0"]
+            assert w0["codecs"]["state"] == "ready" and w0["codecs"]["version"] == VERSION
             r = subprocess.run(cl.command("clusterplex") + ["worker", "codecs", "--worker", c.workers[0].url],
                                capture_output=True, text=True, timeout=30)
             assert r.returncode == 0, r.stderr
