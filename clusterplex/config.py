@@ -301,7 +301,7 @@ WORKER = Section({
     "env": StrMap(key_pattern=r"[A-Za-z_][A-Za-z0-9_]*"),
     "kill_grace": Number(0.5, minimum=0, maximum=30),
     "drain_timeout": Number(0, minimum=0, maximum=86400),
-    "detached_grace": Number(10, minimum=0, maximum=3600),
+    "detached_grace": Number(15, minimum=0, maximum=3600),
     "discovery": _discovery(),
     "log_level": LOG_LEVEL,
 })
@@ -319,6 +319,7 @@ PMS = Section({
     "original_transcoder": Path(DIVERTED_TRANSCODER),
     "plex_url": Url("http://127.0.0.1:32400"),
     "connect_timeout": Number(2.0, minimum=0.05, maximum=60),
+    "reattach_timeout": Number(15.0, minimum=0, maximum=300),
     "local_rules": List(_RULE),
     "env_allow": List(Str(pattern=r"[A-Za-z_][A-Za-z0-9_]*\*?")),
     "relay": Section({

@@ -42,6 +42,7 @@ class Job:
         self.needs = None           # capabilities.Needs
         self.decision = ""          # why the current worker was chosen
         self.restarts = 0           # times moved to another worker after losing one
+        self.adopted = False        # learnt from a worker after an orchestrator restart
 
     @property
     def final(self):
@@ -137,6 +138,13 @@ class JobTable:
 
     def active(self):
         return list(self._active.values())
+
+    def finished(self, job_id):
+        """A job that ended recently (for a shim re-attaching after its end), or None."""
+        for job in reversed(self._history):
+            if job.id == job_id:
+                return job
+        return None
 
     def history(self):
         return list(self._history)

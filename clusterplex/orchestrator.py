@@ -22,6 +22,7 @@ RECONNECT_MIN = 0.2
 RECONNECT_MAX = 5.0
 AFFINITY_SIZE = 1000
 MAX_RESTARTS = 2
+ATTACH_WAIT = 5.0      # how long a re-attaching shim waits for the workers to report its job
 
 
 def _session_key(job):
@@ -105,6 +106,8 @@ class Orchestrator:
         self.shims = {}             # job id -> ShimSession
         self.queue = {}             # job id -> timer, jobs waiting for a free worker (FIFO)
         self.affinity = {}          # Plex session key -> worker key that ran it last
+        self.adoption = {}          # job id -> asyncio.Event, shims waiting for a worker to report their job
+        self.stopping = False
         self.http = None
         self.mdns = None
         self.watch = None
@@ -183,6 +186,7 @@ class Orchestrator:
             self._update_status()
 
     async def shutdown(self):
+        self.stopping = True        # running jobs stay with their workers; shims re-attach to the next us
         if self.announcement is not None:
             await self.announcement.withdraw()
         if self.watch is not None:
@@ -242,6 +246,7 @@ class Orchestrator:
             if rec.state != before:
                 logger.info("worker %s (%s) is %s%s", rec.name, rec.address_str, rec.state,
                             f": {rec.reason}" if rec.reason else "")
+            self._adopt(key, rec, msg.get("jobs"), now)
             self._update_status()
             self._drain_queue()
             return
@@ -286,6 +291,34 @@ class Orchestrator:
             job.refused(reason)
             self.dispatch(job)
             self._drain_queue()
+
+    def _adopt(self, key, rec, reported, now):
+        """Jobs a worker runs that we do not know: a previous orchestrator started them. Take them
+        over (the worker replays what we missed) so their shims can re-attach."""
+        if not isinstance(reported, list):
+            return
+        for item in reported:
+            if not isinstance(item, dict):
+                continue
+            try:
+                spec = protocol.check_job({"id": item.get("id"), "argv": [], "cwd": "/", "env": {},
+                                           "session": item.get("session", "")})
+            except protocol.ProtocolError:
+                continue
+            if self.jobs.get(spec["id"]) is not None or self.jobs.finished(spec["id"]) is not None:
+                continue
+            job = jobs.Job(spec, now)
+            job.adopted = True
+            job.assign(key, rec.name or rec.address_str, now)
+            job.started(item.get("pid") if isinstance(item.get("pid"), int) else None, now)
+            job.decision = f"{job.worker_name}: adopted after an orchestrator restart"
+            self.jobs.add(job)
+            self.registry.assign(key, job.id, now)
+            self.links[key].post({"type": "attach", "job_id": job.id})
+            logger.info("job %s adopted from worker %s (session %s)", job.id[:8], job.worker_name, job.session or "-")
+            waiter = self.adoption.pop(job.id, None)
+            if waiter is not None:
+                waiter.set()
 
     def worker_lost(self, key, reason):
         rec = self.registry.disconnected(key, reason)
@@ -399,15 +432,17 @@ class Orchestrator:
             async for msg in link.messages(ws, peer.name, self.log_once):
                 if msg["type"] == "submit" and sess.job is None:
                     self._submit(sess, msg.get("job"))
+                elif msg["type"] == "attach" and sess.job is None:
+                    await self._attach(sess, msg.get("job_id"))
                 elif msg["type"] == "cancel" and sess.job is not None:
                     self._cancel(sess.job, "cancelled by the shim")
                 else:
                     self.log_once.warning(("shimmsg", peer.name), "unexpected %r from shim at %s",
                                           msg["type"], peer.name)
         finally:
-            if sess.job is not None:
+            if sess.job is not None and self.shims.get(sess.job.id) is sess:
                 self.shims.pop(sess.job.id, None)
-                if not sess.job.final:
+                if not sess.job.final and not self.stopping:
                     self._cancel(sess.job, "shim went away (PMS stopped the transcode)")
             peer.abort()
         return ws
@@ -434,6 +469,29 @@ class Orchestrator:
                 if old is not job and not old.final and _session_key(old) == key:
                     self._cancel(old, f"superseded by job {job.id[:8]} of the same Plex session")
         self.dispatch(job)
+
+    async def _attach(self, sess, job_id):
+        """A shim lost us (we restarted) and comes back for its job."""
+        job = self.jobs.get(job_id) if isinstance(job_id, str) else None
+        if job is None and isinstance(job_id, str) and self.jobs.finished(job_id) is None:
+            waiter = self.adoption.setdefault(job_id, asyncio.Event())
+            try:
+                await asyncio.wait_for(waiter.wait(), ATTACH_WAIT)
+            except asyncio.TimeoutError:
+                self.adoption.pop(job_id, None)
+            job = self.jobs.get(job_id)
+        if job is None:
+            done = self.jobs.finished(job_id) if isinstance(job_id, str) else None
+            if done is not None and done.state == jobs.EXITED:
+                sess.peer.post({"type": "exit", "code": done.exit_code, "signal": done.signal})
+            else:
+                sess.peer.post({"type": "failed", "reason": "no worker reports this job (it was lost)",
+                                "started": done is not None, "fallback": done is None})
+            return
+        sess.job = job
+        self.shims[job.id] = sess
+        logger.info("job %s: shim re-attached", job.id[:8])
+        sess.peer.post({"type": "attached", "worker": job.worker_name})
 
     def _cancel(self, job, why):
         now = time.monotonic()

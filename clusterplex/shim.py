@@ -61,17 +61,50 @@ class Remote:
                     "env": policy.filter_env(environ, cfg.env_allow),
                     "session": f"{key}/{uuid}" if uuid else key}
         self.started = False
+        self.submitted = False
         self.ws = None
         self.url = cfg.orchestrator
 
-    def connect(self):
+    def connect(self, first=True):
+        """Connect and authenticate; then submit the job (first time) or re-attach to it."""
         host, port = split_url(self.url)
         self.ws = WebSocket.connect(host, port, protocol.SHIM_PATH, self.cfg.connect_timeout)
         hs = protocol.ClientHandshake(self.secret, protocol.ROLE_SHIM, protocol.ROLE_ORCHESTRATOR)
         self.ws.send_text(protocol.encode(hs.on_hello(self._recv())))
         hs.on_welcome(self._recv())
         self.ws.settimeout(RECV_TIMEOUT)
-        self.ws.send_text(protocol.encode({"type": "submit", "job": self.job}))
+        if first:
+            self.ws.send_text(protocol.encode({"type": "submit", "job": self.job}))
+            self.submitted = True
+        else:
+            self.ws.send_text(protocol.encode({"type": "attach", "job_id": self.job_id}))
+
+    def reattach(self, why):
+        """The orchestrator went away mid-job (restart, upgrade, crash): our transcode keeps running
+        on its worker, so come back for it, for up to ``reattach_timeout`` seconds."""
+        import time
+        deadline = time.monotonic() + self.cfg.reattach_timeout
+        delay = 0.05
+        while time.monotonic() < deadline:
+            self.close()
+            if self.cfg.orchestrator == "auto":
+                found = cache.read(self.cfg.discovery.cache_file)
+                self.url = found["url"] if found else self.url
+            try:
+                self.connect(first=False)
+                return True
+            except (OSError, WebSocketError, protocol.ProtocolError):
+                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))   # retry backoff
+                delay = min(1.0, delay * 2)
+        say(f"orchestrator {self.url} gone ({why}) and not back within {self.cfg.reattach_timeout}s")
+        return False
+
+    def close(self):
+        if self.ws is not None:
+            try:
+                self.ws.sock.close()
+            except OSError:
+                pass
 
     def _recv(self):
         text = self.ws.recv_text()
@@ -95,6 +128,8 @@ class Remote:
                 self.started = True
             elif kind == "failover":
                 say(f"{msg.get('reason')}; restarting it on another worker")
+            elif kind == "attached":
+                self.started = True
             elif kind == "exit":
                 code = msg.get("code")
                 sig = msg.get("signal")
@@ -154,12 +189,20 @@ def run(argv, environ=None, cwd=None):
         remote.url = found["url"]
     try:
         remote.connect()
-        outcome = remote.follow()
     except protocol.AuthError as e:
-        return fail_or_fallback(cfg, argv, f"orchestrator {remote.url} refused us: {e}", not remote.started)
+        return fail_or_fallback(cfg, argv, f"orchestrator {remote.url} refused us: {e}", True)
     except (OSError, WebSocketError, protocol.ProtocolError) as e:
-        what = "unreachable" if not remote.ws else "connection lost"
-        return fail_or_fallback(cfg, argv, f"orchestrator {remote.url} {what}: {e}", not remote.started)
+        return fail_or_fallback(cfg, argv, f"orchestrator {remote.url} unreachable: {e}", True)
+    while True:
+        try:
+            outcome = remote.follow()
+            break
+        except protocol.AuthError as e:
+            return fail_or_fallback(cfg, argv, f"orchestrator {remote.url} refused us: {e}", not remote.started)
+        except (OSError, WebSocketError, protocol.ProtocolError) as e:
+            if not remote.reattach(e):
+                return fail_or_fallback(cfg, argv, f"orchestrator {remote.url} connection lost: {e}",
+                                        not remote.started)
     if outcome[0] == "exit":
         _, code, sig = outcome
         if sig:

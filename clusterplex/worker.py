@@ -54,7 +54,16 @@ def resolve_transcoder(path):
     return path, ""
 
 
+MAX_DETACHED_OUTPUT = 256 * 1024     # bytes of output kept for a job while no orchestrator follows it
+
+
 class WorkerJob:
+    """A job as the worker holds it: the truth about it survives its orchestrator connection.
+
+    While detached (the orchestrator went away) its events are kept, the exit
+    included, and replayed in order to whichever orchestrator re-attaches.
+    """
+
     def __init__(self, spec, owner):
         self.spec = spec
         self.id = spec["id"]
@@ -62,10 +71,35 @@ class WorkerJob:
         self.transcode = None
         self.task = None
         self.detach_timer = None
+        self.pid = None
+        self.ended = False
+        self.backlog = []            # events while detached
+        self._backlog_bytes = 0
 
     def post(self, msg):
         if self.owner is not None:
             self.owner.post(msg)
+            return
+        if msg["type"] == "out":
+            size = len(msg["data"])
+            if self._backlog_bytes + size > MAX_DETACHED_OUTPUT:
+                return               # output is best effort; the exit code is not
+            self._backlog_bytes += size
+        self.backlog.append(msg)
+
+    def attach(self, peer):
+        """A (new) orchestrator follows this job: replay what it missed."""
+        self.owner = peer
+        if self.detach_timer is not None:
+            self.detach_timer.cancel()
+            self.detach_timer = None
+        for msg in self.backlog:
+            peer.post(msg)
+        self.backlog, self._backlog_bytes = [], 0
+
+    def view(self):
+        return {"id": self.id, "session": self.spec.get("session", ""), "pid": self.pid,
+                "state": "exited" if self.ended else "running"}
 
 
 class Worker:
@@ -81,6 +115,7 @@ class Worker:
         self.reason = "starting"
         self.draining = False
         self.jobs = {}
+        self.detached_done = {}      # job id -> WorkerJob that ended while detached (until re-attach/expiry)
         self.peers = set()
         self.listen_address = ""
         self.id = os.urandom(6).hex()
@@ -248,6 +283,7 @@ class Worker:
             "cpus": hw["cpu"]["threads"],
             "benchmark": hw["cpu"]["benchmark"],
             "running": sorted(self.jobs),
+            "jobs": [j.view() for j in list(self.jobs.values()) + list(self.detached_done.values())],
             "version": __version__,
             "transcoder": self.transcoder or self.cfg.transcoder,
             "codecs": self.codecs.state.as_dict() if self.codecs is not None else None,
@@ -427,6 +463,15 @@ class Worker:
             if job is not None and job.transcode is not None:
                 logger.info("job %s: cancel requested", job.id[:8])
                 self._spawn(job.transcode.terminate())
+            self.detached_done.pop(msg.get("job_id"), None)
+        elif kind == "attach":
+            job_id = msg.get("job_id")
+            job = self.jobs.get(job_id) or self.detached_done.pop(job_id, None)
+            if job is None:
+                peer.post({"type": "unknown", "job_id": job_id})
+                return
+            logger.info("job %s re-attached by the orchestrator at %s", job.id[:8], peer.name)
+            job.attach(peer)
         else:
             self.log_once.warning(("type", peer.name, kind), "ignoring unknown message %r from %s", kind, peer.name)
 
@@ -470,6 +515,7 @@ class Worker:
         except OSError as e:
             del self.jobs[job.id]
             return refuse(f"cannot start transcoder {self.transcoder} on worker {self.name}: {e.strerror}")
+        job.pid = pid
         logger.info("job %s started: pid %d, cwd %s", job.id[:8], pid, spec["cwd"])
         job.post({"type": "started", "job_id": job.id, "pid": pid, "t": time.time()})
         job.task = self._spawn(self._finish(job))
@@ -493,7 +539,12 @@ class Worker:
             job.detach_timer.cancel()
         how = f"signal {sig}" if sig else f"exit code {code}"
         logger.info("job %s ended: %s%s", job.id[:8], how, " (cancelled)" if job.transcode.cancelled else "")
+        job.ended = True
         job.post({"type": "exit", "job_id": job.id, "code": code, "signal": sig})
+        if job.owner is None:        # keep the exit code for an orchestrator that re-attaches
+            self.detached_done[job.id] = job
+            job.detach_timer = asyncio.get_running_loop().call_later(
+                self.cfg.detached_grace, self.detached_done.pop, job.id, None)
         self.broadcast_status()
         self.notifier.status(self.status_line())
 
@@ -508,6 +559,7 @@ class Worker:
                 job.detach_timer = loop.call_later(self.cfg.detached_grace, self._expire, job)
 
     def _expire(self, job):
+        job.detach_timer = None
         if job.owner is None and job.transcode is not None:
             logger.warning("job %s: no orchestrator re-attached; stopping it", job.id[:8])
             self._spawn(job.transcode.terminate())

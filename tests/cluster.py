@@ -274,9 +274,21 @@ class Cluster:
                                                           ["--config", str(self.worker_config(i, **over))]),
                                   self.root))
 
-    def orchestrator_config(self):
+    def restart_orchestrator(self, kill=False):
+        """Stop (SIGTERM, or SIGKILL: a crash) and start a new orchestrator on the same address."""
+        listen = self.orchestrator.listen
+        if kill:
+            self.orchestrator.kill()
+        self.orchestrator.stop()
+        self.daemons.remove(self.orchestrator)
+        cfg = self.orchestrator_config(listen=listen)
+        self.orchestrator = self._start(Daemon("orchestrator", self.wrap("orchestrator", command(
+            "clusterplex-orchestrator") + ["--config", str(cfg)]), self.root))
+        return self.orchestrator
+
+    def orchestrator_config(self, listen="127.0.0.1:0"):
         return write_yaml(self.root / "orchestrator.yaml", {
-            "listen": "127.0.0.1:0", "secret_file": str(self.secret_file), "strategy": self.strategy,
+            "listen": listen, "secret_file": str(self.secret_file), "strategy": self.strategy,
             "workers": [w.listen for w in self.workers], "discovery": {"enabled": False},
             "heartbeat_interval": 1.0, "log_level": "debug"})
 

@@ -419,3 +419,31 @@ def test_path_map_lets_a_worker_mount_media_elsewhere(tmp_path, media):
         assert rc == 0, err
         assert sorted(sdir.glob("chunk-stream0-*.m4s"))
         assert f"/srv/plex-media -> {media.parent}" in c.workers[0].log()
+
+
+# --- the orchestrator restarts while transcodes run ----------------------------------------
+
+@pytest.mark.parametrize("crash", [False, True], ids=["restart", "crash"])
+def test_transcodes_survive_an_orchestrator_restart_and_shims_reattach(tmp_path, media, crash):
+    with cl.Cluster(tmp_path, workers=2) as c:
+        key, uid, sdir = new_session(c)
+        pidfile = sdir / "pids.json"
+        argv = ["-x_test_pidfile", str(pidfile), "-x_test_stderr", "transcoder-up", "-x_test_hold", "4",
+                "-x_test_exit", "187", "-i", str(media), "-progressurl",
+                f"http://127.0.0.1:32400/video/:/transcode/session/{key}/{uid}/progress", "out.ts"]
+        shim = c.shim(argv, sdir, mode="both")
+        try:
+            cl.read_until(shim.stderr, "transcoder-up", 20)
+            pid = json.loads(pidfile.read_text())["pid"]
+            c.restart_orchestrator(kill=crash)
+            assert cl.pid_alive(pid) and shim.poll() is None        # nothing interrupted
+            c.wait_workers_ready(2)
+            rc, out, err = finish(shim, 30)
+        finally:
+            if shim.poll() is None:
+                kill(shim)
+        assert rc == 187, err                                      # the exact exit code, through the new one
+        assert "running locally" not in err
+        assert "adopted from worker" in c.orchestrator.log() and "shim re-attached" in c.orchestrator.log()
+        [job] = [j for j in c.api("/api/v1/jobs") if j["session"] == f"{key}/{uid}"]
+        assert job["state"] == "exited" and job["exit_code"] == 187
