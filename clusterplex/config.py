@@ -300,7 +300,7 @@ WORKER = Section({
     }),
     "env": StrMap(key_pattern=r"[A-Za-z_][A-Za-z0-9_]*"),
     "kill_grace": Number(0.5, minimum=0, maximum=30),
-    "drain_timeout": Number(0, minimum=0, maximum=86400),
+    "drain_timeout": Number(60, minimum=0, maximum=86400),
     "detached_grace": Number(15, minimum=0, maximum=3600),
     "discovery": _discovery(),
     "log_level": LOG_LEVEL,

@@ -128,6 +128,7 @@ class Orchestrator:
         app.router.add_get("/api/v1/workers", self.api_workers)
         app.router.add_get("/api/v1/jobs", self.api_jobs)
         app.router.add_get(protocol.SHIM_PATH, self.shim)
+        app.router.add_post("/api/v1/workers/{name}/{action:drain|resume}", self.api_drain)
         host, port = self.cfg.listen
         self._runner, self.listen_address = await daemon.serve(app, host, port, "shims and the API")
         for host, port in self.cfg.workers:
@@ -518,6 +519,20 @@ class Orchestrator:
 
     async def api_workers(self, request):
         return web.json_response([w.view() for w in self.registry])
+
+    async def api_drain(self, request):
+        """Stop (or resume) new assignments to a worker; its running jobs finish. Local callers only."""
+        if request.remote not in ("127.0.0.1", "::1"):
+            return web.json_response({"error": "only from the orchestrator's own host"}, status=403)
+        name, action = request.match_info["name"], request.match_info["action"]
+        matches = [w for w in self.registry if name in (w.name, w.address_str, w.key)]
+        if not matches:
+            return web.json_response({"error": f"no worker named {name!r}"}, status=404)
+        sent = [w.name or w.address_str for w in matches if self.links[w.key].post({"type": action})]
+        if not sent:
+            return web.json_response({"error": f"worker {name} is not connected"}, status=409)
+        logger.info("%s requested for %s", action, ", ".join(sent))
+        return web.json_response({"workers": sent, "action": action})
 
     async def api_jobs(self, request):
         now = time.monotonic()

@@ -464,6 +464,10 @@ class Worker:
                 logger.info("job %s: cancel requested", job.id[:8])
                 self._spawn(job.transcode.terminate())
             self.detached_done.pop(msg.get("job_id"), None)
+        elif kind in ("drain", "resume"):
+            self.draining = kind == "drain"
+            logger.info("%s requested by the orchestrator at %s", "drain" if self.draining else "resume", peer.name)
+            self.evaluate()
         elif kind == "attach":
             job_id = msg.get("job_id")
             job = self.jobs.get(job_id) or self.detached_done.pop(job_id, None)

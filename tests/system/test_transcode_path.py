@@ -4,6 +4,9 @@
 import json
 import os
 import platform
+import signal
+import urllib.error
+import urllib.request
 import shutil
 import subprocess
 import time
@@ -447,3 +450,40 @@ def test_transcodes_survive_an_orchestrator_restart_and_shims_reattach(tmp_path,
         assert "adopted from worker" in c.orchestrator.log() and "shim re-attached" in c.orchestrator.log()
         [job] = [j for j in c.api("/api/v1/jobs") if j["session"] == f"{key}/{uid}"]
         assert job["state"] == "exited" and job["exit_code"] == 187
+
+
+# --- draining -----------------------------------------------------------------------------------
+
+def post(url):
+    req = urllib.request.Request(url, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+def test_drain_stops_new_assignments_and_running_jobs_finish(tmp_path, media):
+    with cl.Cluster(tmp_path, workers=2, worker_overrides={0: {"drain_timeout": 20}}) as c:
+        key, uid, sdir = new_session(c)
+        argv = ["-x_test_stderr", "transcoder-up", "-x_test_hold", "3", "-x_test_exit", "0",
+                "-i", str(media), "o.ts"]
+        status, body = post(f"{c.orchestrator.url}/api/v1/workers/worker1/drain")
+        assert status == 200 and body["workers"] == ["worker1"]
+        c.orchestrator.wait_status(r"1 draining", 10)
+        shim = c.shim(argv, sdir, mode="remote")          # goes to worker0: worker1 is draining
+        cl.read_until(shim.stderr, "transcoder-up", 20)
+        [job] = [j for j in c.api("/api/v1/jobs") if j["state"] == "running"]
+        assert job["worker"] == "worker0"
+        # systemctl stop: the worker drains (no new jobs at once), the running job finishes
+        mark = c.orchestrator.mark()
+        c.workers[0].proc.send_signal(signal.SIGTERM)
+        c.orchestrator.wait_status(r"^0 of 2 workers ready, 2 draining", 10, since=mark)
+        rc, out, err = finish(shim, 30)
+        assert rc == 0, err
+        assert c.workers[0].proc.wait(20) == 0
+        assert "draining: waiting up to 20" in c.workers[0].log()
+        status, body = post(f"{c.orchestrator.url}/api/v1/workers/worker1/resume")
+        assert status == 200
+        c.orchestrator.wait_status(r"^1 of 2 workers ready", 10)
+        assert post(f"{c.orchestrator.url}/api/v1/workers/nope/drain")[0] == 404
