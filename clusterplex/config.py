@@ -325,6 +325,8 @@ PMS = Section({
     "relay": Section({
         "listen": HostPort(("0.0.0.0", 32499)),
         "advertise": Url("", allow_empty=True),
+        "restrict_to_workers": Bool(True),
+        "allow": List(Str(pattern=r"[0-9a-fA-F:./]+")),
     }),
     "discovery": _discovery(cache_file=Path("/run/clusterplex/orchestrator.json")),
     "log_level": LOG_LEVEL,

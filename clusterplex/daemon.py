@@ -146,7 +146,12 @@ def main(prog, kind, factory, argv=None):
     setup_logging(cfg.log_level)
     notifier = Notifier()
     try:
-        return asyncio.run(_run(prog, factory(cfg, opts.config, notifier), notifier))
+        instance = factory(cfg, opts.config, notifier)
+    except config.ConfigError as e:
+        print(f"{prog}: configuration error: {e}", file=sys.stderr)
+        return config.EX_CONFIG
+    try:
+        return asyncio.run(_run(prog, instance, notifier))
     except KeyboardInterrupt:
         return EX_OK
 

@@ -9,9 +9,11 @@ Only Plex's transcode and Live TV paths are forwarded; it is no open proxy.
 """
 
 import asyncio
+import ipaddress
 import logging
 import os
 import re
+import time
 
 import aiohttp
 from aiohttp import web
@@ -27,6 +29,8 @@ HOP_BY_HOP = frozenset(h.lower() for h in (
 _CAP_RE = re.compile(r"/_cp/([0-9A-Za-z]{8,64})/([0-9a-f]{32})(/.*)?\Z", re.S)
 _BAD_PATH = re.compile(r"(^|/)\.\.?(/|$)|//|%2f|%5c|%2e|\\|%00", re.I)
 SECRET_RECHECK = 2.0
+WORKERS_REFRESH = 5.0        # seconds between updates of the known worker addresses
+LOOPBACK = frozenset(("127.0.0.1", "::1"))
 
 
 def route(raw_target, secret):
@@ -63,6 +67,13 @@ class Relay:
         self.orchestrator = None    # (mDNS name, url) when discovered
         self.secret_error = ""
         self._secret_task = None
+        self.worker_ips = frozenset()          # addresses of the workers the orchestrator knows
+        self._workers_task = None
+        self._last_refresh = 0.0
+        try:
+            self.allow_nets = [ipaddress.ip_network(n, strict=False) for n in cfg.relay.allow]
+        except ValueError as e:
+            raise config.ConfigError(f"{config_path}: /relay/allow: {e}") from None
         self.mdns = None
         self.watch = None
         self._runner = None
@@ -96,6 +107,8 @@ class Relay:
         app.router.add_route("*", "/{tail:.*}", self.handle)
         host, port = self.cfg.relay.listen
         self._runner, self.listen_address = await daemon.serve(app, host, port, "the relay")
+        if self.cfg.relay.restrict_to_workers:
+            self._workers_task = asyncio.get_running_loop().create_task(self._follow_workers())
         if self.secret is None:
             self._secret_task = asyncio.get_running_loop().create_task(self._wait_for_secret())
         elif self.cfg.orchestrator == "auto" and self.cfg.discovery.enabled:
@@ -113,6 +126,54 @@ class Relay:
         cache.remove(self.cfg.discovery.cache_file)
         self.watch = discovery.Watch(self.mdns, discovery.ORCHESTRATOR_TYPE, self._orch_up, self._orch_down)
         await self.watch.start()
+
+    def _orchestrator_url(self):
+        if self.cfg.orchestrator != "auto":
+            return self.cfg.orchestrator
+        return self.orchestrator[1] if self.orchestrator else None
+
+    async def _refresh_workers(self):
+        """Learn the workers' addresses from the orchestrator (kept as they were if it is away)."""
+        self._last_refresh = time.monotonic()
+        url = self._orchestrator_url()
+        if url is None:
+            return
+        try:
+            async with self.http.get(url + "/api/v1/workers", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                workers = await resp.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+            logger.debug("cannot list workers at %s: %s", url, e)
+            return
+        ips = set()
+        loop = asyncio.get_running_loop()
+        for w in workers if isinstance(workers, list) else []:
+            host = str(w.get("address", "")).rsplit(":", 1)[0].strip("[]")
+            try:
+                for info in await loop.getaddrinfo(host, None):
+                    ips.add(info[4][0])
+            except OSError:
+                continue
+        if ips != self.worker_ips:
+            logger.info("relaying for workers at %s", ", ".join(sorted(ips)) or "(none)")
+            self.worker_ips = frozenset(ips)
+
+    async def _follow_workers(self):
+        while True:
+            await self._refresh_workers()
+            await asyncio.sleep(WORKERS_REFRESH)
+
+    async def _peer_allowed(self, ip):
+        if not self.cfg.relay.restrict_to_workers or ip in LOOPBACK or ip in self.worker_ips:
+            return True
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if any(addr in net for net in self.allow_nets):
+            return True
+        if time.monotonic() - self._last_refresh > 1.0:     # a worker that just joined?
+            await self._refresh_workers()
+        return ip in self.worker_ips
 
     def _orch_up(self, name, host, port, txt):
         if txt.get("fp") != protocol.secret_fingerprint(self.secret):
@@ -143,8 +204,9 @@ class Relay:
         return line
 
     async def shutdown(self):
-        if self._secret_task is not None:
-            self._secret_task.cancel()
+        for task in (self._secret_task, self._workers_task):
+            if task is not None:
+                task.cancel()
         if self.watch is not None:
             await self.watch.close()
         if self.mdns is not None:
@@ -167,6 +229,8 @@ class Relay:
             return self._refuse(request, 405, "CONNECT is not allowed: this is not an open proxy")
         if self.secret is None:
             return self._refuse(request, 503, "relay not joined to a cluster yet (no cluster secret)")
+        if not await self._peer_allowed(request.remote or ""):
+            return self._refuse(request, 403, f"{request.remote} is not a known worker (relay.allow adds networks)")
         return await handler(request)
 
     async def handle(self, request):

@@ -2,6 +2,7 @@
 
 import http.client
 import socket
+import subprocess
 import uuid
 
 import pytest
@@ -28,6 +29,18 @@ def request(listen, method, path, **kw):
         h.request(method, path, **kw)
         r = h.getresponse()
         return r.status, r.read().decode("latin-1")
+    finally:
+        h.close()
+
+
+def from_address(listen, source, path):
+    """A request sent from another local address (127.0.0.2 stands for a stranger on the LAN)."""
+    host, port = listen.rsplit(":", 1)
+    h = http.client.HTTPConnection(host, int(port), timeout=10, source_address=(source, 0))
+    try:
+        h.request("PUT", path)
+        r = h.getresponse()
+        return r.status, r.read().decode()
     finally:
         h.close()
 
@@ -127,3 +140,19 @@ def test_relay_waits_for_the_secret(c, tmp_path):
         assert request(d.listen, "PUT", path)[0] == 206
     finally:
         assert d.stop() == 0
+
+
+def test_only_known_workers_and_allowed_networks_reach_the_relay(c):
+    path = cap() + "/video/:/transcode/session/k/u/progress?progress=1"
+    status, body = from_address(c.relay.listen, "127.0.0.2", path)
+    assert status == 403 and "127.0.0.2 is not a known worker" in body
+    cfg = c.pms_config("relay-allow", relay={"listen": "127.0.0.1:0", "allow": ["127.0.0.0/29"]})
+    d = cl.Daemon("relay-allow", cl.command("clusterplex-relay") + ["--config", str(cfg)], c.root).start()
+    try:
+        assert from_address(d.listen, "127.0.0.2", path)[0] == 206
+    finally:
+        d.stop()
+    bad = c.pms_config("relay-bad", relay={"listen": "127.0.0.1:0", "allow": ["10.0.0.0/33"]})
+    r = subprocess.run(cl.command("clusterplex-relay") + ["--config", str(bad)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 78 and "/relay/allow:" in r.stderr
