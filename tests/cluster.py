@@ -200,7 +200,7 @@ class Cluster:
     """fake PMS + relay + orchestrator + N workers on loopback, all real processes."""
 
     def __init__(self, root, workers=2, strategy="LOAD_TASKS", max_jobs=2, worker_overrides=None,
-                 secret=SECRET, worker_secret=None, wait_ready=True):
+                 secret=SECRET, worker_secret=None, wait_ready=True, orchestrator_overrides=None):
         self.root = Path(root)
         self.n_workers = workers
         self.strategy = strategy
@@ -209,6 +209,7 @@ class Cluster:
         self.secret = secret
         self.worker_secret = worker_secret
         self.wait_ready = wait_ready
+        self.orchestrator_overrides = orchestrator_overrides or {}
         self.transcode_root = self.root / "transcode"
         self.sessions = self.transcode_root / "Transcode" / "Sessions"
         self.media = self.root / "media"
@@ -290,7 +291,7 @@ class Cluster:
         return write_yaml(self.root / "orchestrator.yaml", {
             "listen": listen, "secret_file": str(self.secret_file), "strategy": self.strategy,
             "workers": [w.listen for w in self.workers], "discovery": {"enabled": False},
-            "heartbeat_interval": 1.0, "log_level": "debug"})
+            "heartbeat_interval": 1.0, "log_level": "debug", **self.orchestrator_overrides})
 
     def pms_config(self, name, mode="both", **over):
         cfg = {"secret_file": str(self.secret_file), "mode": mode, "original_transcoder": str(STANDIN),
