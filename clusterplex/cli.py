@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from . import cache, config, protocol, token
@@ -268,6 +269,28 @@ def cmd_join(opts):
     return 0 if ok else 1
 
 
+def cmd_worker_drain(opts):
+    base = _orchestrator_url(opts)
+    req = urllib.request.Request(f"{base}/api/v1/workers/{urllib.parse.quote(opts.name, safe='')}/{opts.action}",
+                                 method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=opts.timeout) as resp:
+            body = json.load(resp)
+    except urllib.error.HTTPError as e:
+        try:
+            reason = json.load(e).get("error", e.reason)
+        except ValueError:
+            reason = e.reason
+        print(f"clusterplex: {opts.action} {opts.name}: {reason}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        print(f"clusterplex: cannot reach the orchestrator at {base}: {getattr(e, 'reason', e)}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    done = "draining: no new jobs, running ones finish" if opts.action == "drain" else "taking jobs again"
+    print(f"{', '.join(body['workers'])}: {done}")
+    return 0
+
+
 def main(argv=None):
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=config.default_path("pms"),
@@ -289,6 +312,11 @@ def main(argv=None):
     wc.add_argument("--worker-config", default=config.default_path("worker"), help="default: %(default)s")
     wc.add_argument("--timeout", type=float, default=10.0)
     wc.set_defaults(func=cmd_worker_codecs)
+    for action, text in (("drain", "take no new jobs on worker NAME; its running jobs finish"),
+                         ("resume", "let worker NAME take jobs again")):
+        wd = wsub.add_parser(action, parents=[common], help=text + " (on the orchestrator host)")
+        wd.add_argument("name", help="worker name (as `clusterplex status` shows it) or address")
+        wd.set_defaults(func=cmd_worker_drain, action=action)
     tk = sub.add_parser("token", help="print the join token for workers (on the orchestrator host)",
                         description="Print the join token that carries the cluster secret (stdout) with a "
                                     "hint (stderr). The token is the secret: keep it private.")

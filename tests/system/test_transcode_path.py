@@ -468,8 +468,9 @@ def test_drain_stops_new_assignments_and_running_jobs_finish(tmp_path, media):
         key, uid, sdir = new_session(c)
         argv = ["-x_test_stderr", "transcoder-up", "-x_test_hold", "3", "-x_test_exit", "0",
                 "-i", str(media), "o.ts"]
-        status, body = post(f"{c.orchestrator.url}/api/v1/workers/worker1/drain")
-        assert status == 200 and body["workers"] == ["worker1"]
+        r = subprocess.run(cl.command("clusterplex") + ["worker", "drain", "worker1", "--orchestrator",
+                                                        c.orchestrator.url], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0 and "worker1: draining" in r.stdout, r.stderr
         c.orchestrator.wait_status(r"1 draining", 10)
         shim = c.shim(argv, sdir, mode="remote")          # goes to worker0: worker1 is draining
         cl.read_until(shim.stderr, "transcoder-up", 20)
