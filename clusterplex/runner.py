@@ -39,7 +39,38 @@ def under(path, root):
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def preflight(job, transcode_root, worker_name):
+# Options whose value names a file the transcoder writes (besides the bare outputs).
+WRITE_OPTIONS = frozenset(("segment_list", "manifest_name", "vstats_file", "passlogfile", "progress",
+                           "dump_attachment", "hls_segment_filename", "segment_header_filename",
+                           "init_seg_name", "media_seg_name", "single_file_name", "hls_master_name"))
+OUTPUT_SCHEMES = ("http://", "https://", "pipe:")
+
+
+def output_problem(argv, cwd, output_roots):
+    """Why a file this job would write lies outside its session dir and ``output_roots``, or None.
+
+    Plex writes segments into the session dir (cwd) and calls PMS back over HTTP; optimize jobs
+    write into a library's "Plex Versions" folder, which must be listed in ``output_roots``.
+    """
+    targets = [v for kind, _, v, _ in plexargs.tokenize(argv) if kind == "output" and v is not None]
+    targets += [v for kind, name, v, _ in plexargs.tokenize(argv) if kind == "option" and name in WRITE_OPTIONS
+                and v is not None]
+    allowed = [cwd] + list(output_roots)
+    for target in targets:
+        if target == "-" or target.startswith(OUTPUT_SCHEMES):
+            continue
+        if plexargs.is_url(target) and not target.startswith("file:"):
+            return f"refusing output {target}: only files, HTTP callbacks and pipes are allowed"
+        path = target[5:] if target.startswith("file:") else target
+        full = path if path.startswith("/") else os.path.join(cwd, path)
+        if not any(under(os.path.dirname(full) or "/", root) for root in allowed):
+            return (f"refusing output {path}: outside the session dir {cwd}"
+                    + (f" and output_roots ({', '.join(output_roots)})" if output_roots else
+                       " (optimize jobs writing to a library need its folder in output_roots)"))
+    return None
+
+
+def preflight(job, transcode_root, worker_name, output_roots=()):
     """Why this job cannot start here (a sentence for the admin), or None."""
     cwd = job["cwd"]
     if not under(cwd, transcode_root):
@@ -48,6 +79,9 @@ def preflight(job, transcode_root, worker_name):
     if not os.path.isdir(cwd):
         return (f"session directory {cwd} does not exist on worker {worker_name} "
                 f"(transcode directory not shared, or mounted at a different path? shares not mounted?)")
+    problem = output_problem(job["argv"], cwd, output_roots)
+    if problem:
+        return f"{problem} (worker {worker_name})"
     for path in plexargs.local_paths(plexargs.inputs(job["argv"]), cwd):
         if not os.path.exists(path):
             return (f"input {path} not found on worker {worker_name} "

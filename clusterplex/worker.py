@@ -504,7 +504,7 @@ class Worker:
         spec = dict(spec, argv=res.argv, cwd=res.cwd, env=res.env)
         for note in res.notes:
             logger.log(logging.DEBUG if note.startswith("env ") else logging.INFO, "job %s: %s", spec["id"][:8], note)
-        problem = runner.preflight(spec, self.cfg.transcode_root, self.name)
+        problem = runner.preflight(spec, self.cfg.transcode_root, self.name, self.cfg.output_roots)
         if problem:
             return refuse(problem)
         logger.debug("job %s: %s %s (cwd %s)", spec["id"][:8], shlex.quote(self.transcoder),

@@ -212,6 +212,14 @@ def test_cwd_outside_the_transcode_root_is_refused(cluster, media, tmp_path):
     assert f"refusing cwd {tmp_path}: it is outside transcode_root" in err
 
 
+def test_outputs_outside_the_session_dir_are_refused(cluster, media, tmp_path):
+    key, uid, sdir = new_session(cluster)
+    argv = ["-i", str(media), "-codec:0", "copy", str(tmp_path / "stolen.mkv")]
+    rc, out, err = finish(cluster.shim(argv, sdir, mode="remote"))
+    assert rc == 1 and f"refusing output {tmp_path}/stolen.mkv: outside the session dir" in err
+    assert not (tmp_path / "stolen.mkv").exists()
+
+
 def test_wrong_secret_is_refused_and_logged(cluster, media, tmp_path):
     wrong = tmp_path / "wrong-secret"
     wrong.write_text("w" * 40 + "\n")
