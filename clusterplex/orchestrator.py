@@ -306,7 +306,13 @@ class Orchestrator:
                                            "session": item.get("session", "")})
             except protocol.ProtocolError:
                 continue
-            if self.jobs.get(spec["id"]) is not None or self.jobs.finished(spec["id"]) is not None:
+            known = self.jobs.get(spec["id"]) or self.jobs.finished(spec["id"])
+            if known is not None:
+                if item.get("state") == "running" and (known.final or known.worker != key):
+                    # It moved on (failover) or ended while this worker was cut off: fence the copy.
+                    logger.warning("job %s still runs on %s, which was cut off; stopping that copy",
+                                   spec["id"][:8], rec.name or rec.address_str)
+                    self.links[key].post({"type": "cancel", "job_id": spec["id"]})
                 continue
             job = jobs.Job(spec, now)
             job.adopted = True
@@ -335,6 +341,7 @@ class Orchestrator:
                 lost = f"worker {job.worker_name} lost while running the job ({reason})"
                 logger.warning("job %s: %s; starting it again elsewhere", job.id[:8], lost)
                 job.lost(lost)
+                job.spec = dict(job.spec, resume=True)     # the next worker continues from the last segment
                 sess = self.shims.get(job.id)
                 if sess:
                     sess.peer.post({"type": "failover", "reason": lost})

@@ -220,4 +220,7 @@ def check_job(job):
     session = job.get("session", "")
     if not isinstance(session, str) or len(session) > 256:
         raise ProtocolError("session must be a short string")
-    return {"id": job_id, "argv": list(argv), "cwd": cwd, "env": dict(env), "session": session}
+    resume = job.get("resume", False)
+    if not isinstance(resume, bool):
+        raise ProtocolError("resume must be true or false")
+    return {"id": job_id, "argv": list(argv), "cwd": cwd, "env": dict(env), "session": session, "resume": resume}

@@ -20,7 +20,8 @@ import time
 import psutil
 from aiohttp import web
 
-from . import __version__, capabilities, codecs, config, daemon, discovery, eae, hardware, link, policy, protocol, rewrite, runner
+from . import (__version__, capabilities, codecs, config, daemon, discovery, eae, hardware, link, policy,
+               protocol, resume, rewrite, runner)
 
 logger = logging.getLogger(__name__)
 
@@ -499,6 +500,8 @@ class Worker:
         if capabilities.needs(spec["argv"]).eae and not (self.eae and self.eae.running):
             return refuse(f"job needs EasyAudioEncoder, which is not running on worker {self.name} "
                           f"(eae.enabled is {str(self.cfg.eae.enabled).lower()})")
+        if spec.get("resume"):
+            spec = self._resumed(spec)
         res = rewrite.rewrite({"argv": spec["argv"], "cwd": spec["cwd"], "env": policy.filter_env(spec["env"])},
                               self.rewrites, self.hardware)
         spec = dict(spec, argv=res.argv, cwd=res.cwd, env=res.env)
@@ -525,6 +528,16 @@ class Worker:
         job.task = self._spawn(self._finish(job))
         self.broadcast_status()
         self.notifier.status(self.status_line())
+
+    def _resumed(self, spec):
+        """A job taken over from a dead worker: continue after its last complete segment."""
+        try:
+            names = os.listdir(spec["cwd"])
+        except OSError:
+            return spec
+        plan = resume.plan(spec["argv"], names)
+        logger.info("job %s: %s", spec["id"][:8], plan.reason)
+        return dict(spec, argv=plan.argv) if plan.argv is not None else spec
 
     def _job_env_overrides(self):
         """What the worker sets whatever the Plex host sent: its own codec dir and EAE folder."""

@@ -2,6 +2,7 @@
 (python-zeroconf bound to each host's own address), nothing configured but the
 interfaces and the secret."""
 
+import json
 import time
 import uuid
 
@@ -65,14 +66,19 @@ def test_goodbye_removes_at_once_and_a_restarted_worker_is_found_again(lan, tmp_
 def test_sigkill_and_link_cut_are_detected_within_3s_jobs_fail_over_and_links_heal(lan, tmp_path):
     clip = tmp_path / "clip.mkv"
     fixtures.make_clip(str(clip), seconds=2)
-    with NetCluster(tmp_path, lan, workers=2) as c:
+    # detached_grace 60: only fencing (not expiry) can stop the cut-off copy within the test
+    with NetCluster(tmp_path, lan, workers=2, worker_overrides={0: {"detached_grace": 60},
+                                                                1: {"detached_grace": 60}}) as c:
         key, uid = "f" + uuid.uuid4().hex[:8], str(uuid.uuid4())
         sdir = c.session_dir(key, uid)
-        argv = ["-x_test_stderr", "transcoder-up", "-x_test_hold", "60", "-i", str(clip), "-progressurl",
+        pidfile = sdir / "pids.json"
+        argv = ["-x_test_pidfile", str(pidfile), "-x_test_stderr", "transcoder-up", "-x_test_hold", "60",
+                "-i", str(clip), "-progressurl",
                 f"http://127.0.0.1:32400/video/:/transcode/session/{key}/{uid}/progress", "out.ts"]
         shim = c.shim(argv, sdir, mode="remote")
         try:
             cl.read_until(shim.stderr, "transcoder-up", 20)
+            first_pid = json.loads(pidfile.read_text())["pid"]
             [job] = [j for j in c.api("/api/v1/jobs") if j["state"] == "running"]
             victim = int(job["worker"][-1])
             mark = c.orchestrator.mark()
@@ -84,12 +90,16 @@ def test_sigkill_and_link_cut_are_detected_within_3s_jobs_fail_over_and_links_he
             cl.read_until(shim.stderr, "transcoder-up", 10)
             [job] = [j for j in c.api("/api/v1/jobs") if j["state"] == "running"]
             assert job["worker"] == f"worker{1 - victim}"
+            assert cl.pid_alive(first_pid)                 # the cut-off worker still runs its copy
+            mark = c.orchestrator.mark()
+            c.worker_hosts[victim].heal()
+            c.orchestrator.wait_status(r"^2 of 2 workers ready", 15, since=mark)
+            # fenced: back on the LAN, the old copy is stopped at once (not after detached_grace)
+            assert cl.wait_pid_gone(first_pid, 5), "the cut-off worker kept writing the session"
+            assert "which was cut off; stopping that copy" in c.orchestrator.log()
         finally:
             shim.kill()
             shim.communicate(timeout=10)
-        mark = c.orchestrator.mark()
-        c.worker_hosts[victim].heal()
-        c.orchestrator.wait_status(r"^2 of 2 workers ready", 15, since=mark)
         mark = c.orchestrator.mark()
         t0 = time.monotonic()
         c.workers[1].kill()

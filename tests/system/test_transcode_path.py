@@ -496,3 +496,37 @@ def test_drain_stops_new_assignments_and_running_jobs_finish(tmp_path, media):
         assert status == 200
         c.orchestrator.wait_status(r"^1 of 2 workers ready", 10)
         assert post(f"{c.orchestrator.url}/api/v1/workers/nope/drain")[0] == 404
+
+
+def test_a_dash_transcode_resumes_from_its_last_segment_on_another_worker(tmp_path):
+    clip = tmp_path / "clip.mkv"
+    fixtures.make_clip(str(clip), seconds=15)
+    with cl.Cluster(tmp_path / "c", workers=2) as c:
+        key, uid, sdir = new_session(c)
+        argv = ["-re"] + fixtures.instantiate(fixtures.load_argv("F1"), input_path=str(clip), session_dir=str(sdir),
+                                              session_key=key, job_uuid=uid)
+        shim = c.shim(argv, sdir, mode="remote")
+        try:
+            c.pms_wait(f"/session/{key}/{uid}/manifest", count=2, timeout=30)   # a few segments are out
+            [job] = [j for j in c.api("/api/v1/jobs") if j["state"] == "running"]
+            victim = next(w for w in c.workers if w.name == job["worker"])
+            survivor = next(w for w in c.workers if w is not victim)
+            t0 = time.monotonic()
+            victim.kill()
+            cl.read_until(shim.stderr, "restarting it on another worker", 10)
+            noticed = time.monotonic() - t0
+            rc, out, err = finish(shim, 60)
+        finally:
+            if shim.poll() is None:
+                kill(shim)
+        assert rc == 0, err
+        line = next(ln for ln in survivor.log().splitlines() if "resume DASH at segment" in ln)
+        first = int(line.split("resume DASH at segment ")[1].split()[0])
+        assert first > 1, line                                 # not from the beginning
+        numbers = sorted(int(p.name.split("-")[-1].split(".")[0]) for p in sdir.glob("chunk-stream0-*.m4s"))
+        assert numbers == list(range(1, numbers[-1] + 1)), numbers    # no hole, no restart from 1 needed
+        assert numbers[-1] >= 5
+        joined = sdir / "probe.mp4"
+        joined.write_bytes((sdir / "init-stream0.m4s").read_bytes() + (sdir / f"chunk-stream0-{first:05d}.m4s").read_bytes())
+        assert "video" in ffprobe_ok(joined)
+        print(f"failover: worker SIGKILLed -> job moved in {noticed * 1000:.0f} ms; resumed at segment {first}")
