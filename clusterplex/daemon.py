@@ -92,6 +92,19 @@ class LogOnce:
             self._log.debug(msg, *args)
 
 
+class _QuietBadRequests(logging.Filter):
+    """aiohttp 3.8 logs every malformed HTTP request at ERROR with a traceback: anyone on the LAN
+    could flood the journal. Make it one line at debug level."""
+
+    def filter(self, record):
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__module__.startswith("aiohttp.http_exceptions"):
+            record.msg, record.args, record.exc_info, record.exc_text = "bad HTTP request: %s", (exc,), None, None
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
 def setup_logging(level):
     if os.environ.get("JOURNAL_STREAM"):
         fmt = "%(levelname)s %(name)s: %(message)s"
@@ -99,6 +112,7 @@ def setup_logging(level):
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr, force=True)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_QuietBadRequests())
 
 
 def bind_socket(host, port, what):

@@ -95,6 +95,8 @@ def decode(text):
         msg = json.loads(text)
     except ValueError as e:
         raise ProtocolError(f"invalid JSON: {e}") from None
+    except RecursionError:
+        raise ProtocolError("JSON nested too deeply") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise ProtocolError("message is not an object with a 'type'")
     return msg

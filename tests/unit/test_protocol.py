@@ -64,7 +64,8 @@ def test_malformed_auth(msg):
         server.check(msg)
 
 
-@pytest.mark.parametrize("frame", ["", "[]", "{}", '{"type": 1}', "nul\x00", b"\xff\xfe", "x" * (2 << 20)])
+@pytest.mark.parametrize("frame", ["", "[]", "{}", '{"type": 1}', "nul\x00", b"\xff\xfe", "x" * (2 << 20),
+                                   "[" * 100000, '{"a":' * 50000])
 def test_decode_rejects_garbage(frame):
     with pytest.raises(protocol.ProtocolError):
         protocol.decode(frame)
