@@ -30,6 +30,7 @@ _CAP_RE = re.compile(r"/_cp/([0-9A-Za-z]{8,64})/([0-9a-f]{32})(/.*)?\Z", re.S)
 _BAD_PATH = re.compile(r"(^|/)\.\.?(/|$)|//|%2f|%5c|%2e|\\|%00", re.I)
 SECRET_RECHECK = 2.0
 WORKERS_REFRESH = 5.0        # seconds between updates of the known worker addresses
+MISS_REFRESH = 0.25         # an unknown peer triggers a refresh at most this often
 LOOPBACK = frozenset(("127.0.0.1", "::1"))
 
 
@@ -68,6 +69,7 @@ class Relay:
         self.secret_error = ""
         self._secret_task = None
         self.worker_ips = frozenset()          # addresses of the workers the orchestrator knows
+        self._tasks = set()
         self._workers_task = None
         self._last_refresh = 0.0
         try:
@@ -171,7 +173,7 @@ class Relay:
             return False
         if any(addr in net for net in self.allow_nets):
             return True
-        if time.monotonic() - self._last_refresh > 1.0:     # a worker that just joined?
+        if time.monotonic() - self._last_refresh > MISS_REFRESH:     # a worker that just joined?
             await self._refresh_workers()
         return ip in self.worker_ips
 
@@ -183,6 +185,10 @@ class Relay:
         if self.orchestrator != (name, url):
             logger.info("orchestrator %s found at %s", name, url)
             self.orchestrator = (name, url)
+            if self.cfg.relay.restrict_to_workers:
+                task = asyncio.get_running_loop().create_task(self._refresh_workers())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             err = cache.write(self.cfg.discovery.cache_file, {"url": url, "name": name})
             if err:
                 logger.error("%s: the shim cannot find the orchestrator", err)
