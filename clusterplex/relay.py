@@ -30,6 +30,7 @@ _CAP_RE = re.compile(r"/_cp/([0-9A-Za-z]{8,64})/([0-9a-f]{32})(/.*)?\Z", re.S)
 _BAD_PATH = re.compile(r"(^|/)\.\.?(/|$)|//|%2f|%5c|%2e|\\|%00", re.I)
 SECRET_RECHECK = 2.0
 WORKERS_REFRESH = 5.0        # seconds between updates of the known worker addresses
+UPSTREAM_RETRY_FOR = 5.0    # seconds a bodiless callback waits for PMS to come back (restart)
 MISS_REFRESH = 0.25         # an unknown peer triggers a refresh at most this often
 LOOPBACK = frozenset(("127.0.0.1", "::1"))
 
@@ -254,21 +255,34 @@ class Relay:
             if request.content_length is None:
                 chunked = True
         resp = None
+        # PMS restarting: a request whose body has not been read yet can be sent again.
+        deadline = time.monotonic() + UPSTREAM_RETRY_FOR
+        delay = 0.1
         try:
-            async with self.http.request(request.method, url, headers=headers, data=data, chunked=chunked,
-                                         allow_redirects=False, skip_auto_headers=("User-Agent", "Accept",
-                                                                                   "Accept-Encoding")) as up:
-                resp = web.StreamResponse(status=up.status, reason=up.reason)
-                for k, v in up.headers.items():
-                    if k.lower() not in HOP_BY_HOP:
-                        resp.headers.add(k, v)
-                if up.headers.get("Content-Length") is None:
-                    resp.enable_chunked_encoding()
-                await resp.prepare(request)
-                async for chunk in up.content.iter_any():
-                    await resp.write(chunk)
-                await resp.write_eof()
-                return resp
+            while True:
+                try:
+                    up_ctx = self.http.request(request.method, url, headers=headers, data=data, chunked=chunked,
+                                               allow_redirects=False,
+                                               skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"))
+                    async with up_ctx as up:
+                        resp = web.StreamResponse(status=up.status, reason=up.reason)
+                        for k, v in up.headers.items():
+                            if k.lower() not in HOP_BY_HOP:
+                                resp.headers.add(k, v)
+                        if up.headers.get("Content-Length") is None:
+                            resp.enable_chunked_encoding()
+                        await resp.prepare(request)
+                        async for chunk in up.content.iter_any():
+                            await resp.write(chunk)
+                        await resp.write_eof()
+                        return resp
+                except aiohttp.ClientConnectorError as e:
+                    if data is not None or time.monotonic() + delay > deadline:
+                        raise
+                    self.log_once.warning(("retry",), "PMS at %s not answering (%s); retrying for up to %ss",
+                                          self.cfg.plex_url, e, UPSTREAM_RETRY_FOR)
+                    await asyncio.sleep(delay)         # retry backoff, bounded by the deadline
+                    delay = min(1.0, delay * 2)
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
             if resp is not None and resp.prepared:
                 logger.warning("PMS connection broke while relaying %s: %s", request.path[:200], e)

@@ -156,3 +156,29 @@ def test_only_known_workers_and_allowed_networks_reach_the_relay(c):
     r = subprocess.run(cl.command("clusterplex-relay") + ["--config", str(bad)], capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 78 and "/relay/allow:" in r.stderr
+
+
+def test_callbacks_wait_for_a_restarting_pms(c):
+    """PMS restarts: a progress PUT arriving meanwhile is retried (bounded) instead of failing."""
+    import threading
+    listen = c.pms.listen
+    c.pms.stop()
+    c.daemons.remove(c.pms)
+    result = {}
+    path = cap() + "/video/:/transcode/session/restart/u/progress?progress=5"
+
+    def put():
+        result["status"] = request(c.relay.listen, "PUT", path)[0]
+
+    t = threading.Thread(target=put)
+    t.start()
+    try:
+        c.relay.wait_status(r"relaying", 5)
+        c.pms = cl.Daemon("fake-pms-2", [cl.sys.executable, str(cl.FAKE_PMS), "--listen", listen, "--token",
+                                         cl.PLEX_TOKEN], c.root)
+        c.daemons.append(c.pms)
+        c.pms.start()
+    finally:
+        t.join(20)
+    assert result.get("status") == 206
+    assert "not answering" in c.relay.log() and "retrying" in c.relay.log()
