@@ -11,6 +11,7 @@ py=.venv-$env/bin/python
 what=${1:-all}
 case "$what" in
     transcode|scheduler|discovery) shift; exec $py bench/bench_$what.py "$@" ;;
+    soak) shift; exec $py bench/soak.py "$@" ;;
     all) for b in transcode scheduler discovery; do $py bench/bench_$b.py; echo; done ;;
     *) exec $py bench/bench_transcode.py "$@" ;;
 esac
