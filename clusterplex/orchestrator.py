@@ -399,12 +399,15 @@ class Orchestrator:
         if job.tried:
             reason = f"no worker could start the job: {job.refusal_summary()}"
         logger.warning("job %s: %s", job.id[:8], reason)
-        started = job.restarts > 0
+        moved = job.restarts > 0
         job.fail(reason, time.monotonic())
         self.jobs.finish(job)
         sess = self.shims.get(job.id)
         if sess:
-            sess.peer.post({"type": "failed", "reason": reason, "started": started, "fallback": not started})
+            # A job whose worker died and that no other worker can take: the shim's mode decides,
+            # and a local run continues from the last segment.
+            sess.peer.post({"type": "failed", "reason": reason, "started": moved, "fallback": True,
+                            "resume": moved})
 
     def _queue_expired(self, job, reason):
         if self.queue.pop(job.id, None) is not None and job.state == jobs.PENDING:

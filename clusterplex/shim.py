@@ -136,6 +136,8 @@ class Remote:
                 return ("exit", code if isinstance(code, int) and 0 <= code <= 255 else 1,
                         sig if isinstance(sig, int) and 0 < sig < 65 else None)
             elif kind == "failed":
+                if msg.get("resume") is True and msg.get("fallback"):
+                    return ("failed", str(msg.get("reason") or "remote job failed"), "resume")
                 return ("failed", str(msg.get("reason") or "remote job failed"),
                         bool(msg.get("fallback")) and not msg.get("started") and not self.started)
             elif kind == "refused":
@@ -211,7 +213,19 @@ def run(argv, environ=None, cwd=None):
             os.kill(os.getpid(), sig)
         return code
     _, reason, fallback_ok = outcome
+    if fallback_ok == "resume":
+        return fail_or_fallback(cfg, resumed(argv, cwd), reason + "; continuing from the last segment", True)
     return fail_or_fallback(cfg, argv, reason, fallback_ok)
+
+
+def resumed(argv, cwd):
+    """The arguments that continue this transcode after its last complete segment (or as they were)."""
+    from . import resume
+    try:
+        plan = resume.plan(argv, os.listdir(cwd))
+    except OSError:
+        return argv
+    return plan.argv if plan.argv is not None else argv
 
 
 def fail_or_fallback(cfg, argv, reason, fallback_ok):

@@ -530,3 +530,24 @@ def test_a_dash_transcode_resumes_from_its_last_segment_on_another_worker(tmp_pa
         joined.write_bytes((sdir / "init-stream0.m4s").read_bytes() + (sdir / f"chunk-stream0-{first:05d}.m4s").read_bytes())
         assert "video" in ffprobe_ok(joined)
         print(f"failover: worker SIGKILLed -> job moved in {noticed * 1000:.0f} ms; resumed at segment {first}")
+
+
+def test_when_no_worker_can_continue_mode_both_resumes_locally(tmp_path):
+    clip = tmp_path / "clip.mkv"
+    fixtures.make_clip(str(clip), seconds=12)
+    with cl.Cluster(tmp_path / "c", workers=1) as c:
+        key, uid, sdir = new_session(c)
+        argv = ["-re"] + fixtures.instantiate(fixtures.load_argv("F1"), input_path=str(clip), session_dir=str(sdir),
+                                              session_key=key, job_uuid=uid)
+        shim = c.shim(argv, sdir, mode="both")
+        try:
+            c.pms_wait(f"/session/{key}/{uid}/manifest", count=2, timeout=30)
+            c.workers[0].kill()                      # the only worker
+            rc, out, err = finish(shim, 60)
+        finally:
+            if shim.poll() is None:
+                kill(shim)
+        assert rc == 0, err
+        assert "running locally" in err and "continuing from the last segment" in err
+        numbers = sorted(int(p.name.split("-")[-1].split(".")[0]) for p in sdir.glob("chunk-stream0-*.m4s"))
+        assert numbers == list(range(1, numbers[-1] + 1)) and numbers[-1] >= 4, numbers
