@@ -287,6 +287,16 @@ class Cluster:
             "clusterplex-orchestrator") + ["--config", str(cfg)]), self.root))
         return self.orchestrator
 
+    def restart_relay(self):
+        """Restart the relay on the same address (the shims' advertise URL stays valid)."""
+        listen = self.relay.listen
+        self.relay.stop()
+        self.daemons.remove(self.relay)
+        cfg = self.pms_config("relay", relay={"listen": listen})
+        self.relay = self._start(Daemon("relay", self.wrap("relay", command("clusterplex-relay") +
+                                                           ["--config", str(cfg)]), self.root))
+        return self.relay
+
     def orchestrator_config(self, listen="127.0.0.1:0"):
         return write_yaml(self.root / "orchestrator.yaml", {
             "listen": listen, "secret_file": str(self.secret_file), "strategy": self.strategy,

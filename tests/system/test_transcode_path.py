@@ -551,3 +551,25 @@ def test_when_no_worker_can_continue_mode_both_resumes_locally(tmp_path):
         assert "running locally" in err and "continuing from the last segment" in err
         numbers = sorted(int(p.name.split("-")[-1].split(".")[0]) for p in sdir.glob("chunk-stream0-*.m4s"))
         assert numbers == list(range(1, numbers[-1] + 1)) and numbers[-1] >= 4, numbers
+
+
+def test_a_relay_restart_does_not_kill_the_transcode(tmp_path):
+    clip = tmp_path / "clip.mkv"
+    fixtures.make_clip(str(clip), seconds=8)
+    with cl.Cluster(tmp_path / "c", workers=1) as c:
+        key, uid, sdir = new_session(c)
+        argv = ["-re"] + fixtures.instantiate(fixtures.load_argv("F1"), input_path=str(clip), session_dir=str(sdir),
+                                              session_key=key, job_uuid=uid)
+        shim = c.shim(argv, sdir, mode="remote", config=c.pms_config("relay-restart", mode="remote"))
+        try:
+            c.pms_wait(f"/session/{key}/{uid}/progress", count=3, timeout=30)
+            c.restart_relay()
+            before = len([r for r in c.pms_requests() if f"/session/{key}/" in r["path"]])
+            rc, out, err = finish(shim, 60)
+        finally:
+            if shim.poll() is None:
+                kill(shim)
+        assert rc == 0, err
+        after = [r for r in c.pms_requests() if f"/session/{key}/" in r["path"]]
+        assert len(after) > before                                # callbacks flow again through the new relay
+        assert any(r["method"] == "POST" and r["path"].endswith("/manifest") for r in after[before:])
