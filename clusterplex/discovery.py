@@ -126,6 +126,19 @@ class Mdns:
             self.azc = None
 
 
+async def open_mdns(interfaces):
+    """A started ``Mdns`` on ``interfaces``, or a StartupError (exit 78) that names them."""
+    from .config import EX_CONFIG
+    from .daemon import StartupError
+    mdns = Mdns(interfaces)
+    try:
+        await mdns.start()
+    except OSError as e:
+        raise StartupError(f"cannot start mDNS on {list(interfaces) or 'all interfaces'}: {e.strerror or e} "
+                           f"(check discovery.interfaces)", EX_CONFIG) from None
+    return mdns
+
+
 class Announcement:
     """A registered service that can be updated and withdrawn (goodbye)."""
 

@@ -139,12 +139,7 @@ class Orchestrator:
 
     async def _start_discovery(self):
         ifaces = self.cfg.discovery.interfaces
-        self.mdns = discovery.Mdns(ifaces)
-        try:
-            await self.mdns.start()
-        except OSError as e:
-            raise daemon.StartupError(f"cannot start mDNS on {ifaces or 'all interfaces'}: {e.strerror or e} "
-                                      f"(check discovery.interfaces)", config.EX_CONFIG) from None
+        self.mdns = await discovery.open_mdns(ifaces)
         self.watch = discovery.Watch(self.mdns, discovery.WORKER_TYPE, self._mdns_up, self._mdns_down)
         await self.watch.start()
         host, port = config.parse_hostport(self.listen_address)

@@ -119,13 +119,7 @@ class Relay:
 
     async def _start_discovery(self):
         """Find the orchestrator for the shim (``orchestrator: auto``) and keep the cache file current."""
-        ifaces = self.cfg.discovery.interfaces
-        self.mdns = discovery.Mdns(ifaces)
-        try:
-            await self.mdns.start()
-        except OSError as e:
-            raise daemon.StartupError(f"cannot start mDNS on {ifaces or 'all interfaces'}: {e.strerror or e} "
-                                      f"(check discovery.interfaces)", config.EX_CONFIG) from None
+        self.mdns = await discovery.open_mdns(self.cfg.discovery.interfaces)
         cache.remove(self.cfg.discovery.cache_file)
         self.watch = discovery.Watch(self.mdns, discovery.ORCHESTRATOR_TYPE, self._orch_up, self._orch_down)
         await self.watch.start()

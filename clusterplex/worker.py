@@ -341,12 +341,7 @@ class Worker:
     async def _announce(self):
         host, port = config.parse_hostport(self.listen_address)
         addresses = discovery.local_addresses(self.cfg.discovery.interfaces, host)
-        self.mdns = discovery.Mdns(self.cfg.discovery.interfaces)
-        try:
-            await self.mdns.start()
-        except OSError as e:
-            raise daemon.StartupError(f"cannot start mDNS on {self.cfg.discovery.interfaces or 'all interfaces'}: "
-                                      f"{e.strerror or e} (check discovery.interfaces)", config.EX_CONFIG) from None
+        self.mdns = await discovery.open_mdns(self.cfg.discovery.interfaces)
         # "<name>-<random id>" is unique by construction, so registration skips probing
         self.announcement = discovery.Announcement(self.mdns, discovery.WORKER_TYPE, f"{self.name}-{self.id}", port,
                                                    addresses, self._txt(), unique=True)
