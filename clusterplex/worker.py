@@ -495,13 +495,13 @@ class Worker:
         if capabilities.needs(spec["argv"]).eae and not (self.eae and self.eae.running):
             return refuse(f"job needs EasyAudioEncoder, which is not running on worker {self.name} "
                           f"(eae.enabled is {str(self.cfg.eae.enabled).lower()})")
-        if spec.get("resume"):
-            spec = self._resumed(spec)
         res = rewrite.rewrite({"argv": spec["argv"], "cwd": spec["cwd"], "env": policy.filter_env(spec["env"])},
                               self.rewrites, self.hardware)
         spec = dict(spec, argv=res.argv, cwd=res.cwd, env=res.env)
         for note in res.notes:
             logger.log(logging.DEBUG if note.startswith("env ") else logging.INFO, "job %s: %s", spec["id"][:8], note)
+        if spec.get("resume"):
+            spec = self._resumed(spec)        # after path_map: the session dir as this worker sees it
         problem = runner.preflight(spec, self.cfg.transcode_root, self.name, self.cfg.output_roots)
         if problem:
             return refuse(problem)
