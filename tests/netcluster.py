@@ -26,7 +26,7 @@ class NetCluster(cl.Cluster):
         return super().worker_config(i, listen=f"{h.addr}:3501", discovery={"enabled": True, "interfaces": [h.addr]},
                                      **over)
 
-    def orchestrator_config(self):
+    def orchestrator_config(self, listen=None):     # always the host's own address, port 3500
         return cl.write_yaml(self.root / "orchestrator.yaml", {
             "listen": f"{self.orch_host.addr}:3500", "secret_file": str(self.secret_file),
             "strategy": self.strategy, "discovery": {"enabled": True, "interfaces": [self.orch_host.addr]},

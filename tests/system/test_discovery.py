@@ -150,3 +150,26 @@ def test_worker_record_follows_its_state(lan, tmp_path):
                 await mdns.close()
 
         netns.run_in(c.orch_host.ns, asyncio.run, browse())
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["restart", "crash"])
+def test_orchestrator_restart_across_hosts_shim_reattaches(lan, tmp_path, crash):
+    clip = tmp_path / "clip.mkv"
+    fixtures.make_clip(str(clip), seconds=1)
+    with NetCluster(tmp_path, lan, workers=2) as c:
+        key, uid = "r" + uuid.uuid4().hex[:8], str(uuid.uuid4())
+        sdir = c.session_dir(key, uid)
+        argv = ["-x_test_stderr", "transcoder-up", "-x_test_hold", "5", "-x_test_exit", "187", "-i", str(clip),
+                "-progressurl", f"http://127.0.0.1:32400/video/:/transcode/session/{key}/{uid}/progress", "out.ts"]
+        shim = c.shim(argv, sdir, mode="remote")
+        try:
+            cl.read_until(shim.stderr, "transcoder-up", 20)
+            c.restart_orchestrator(kill=crash)
+            c.wait_workers_ready(2)
+            out, err = shim.communicate(timeout=30)
+        finally:
+            if shim.poll() is None:
+                shim.kill()
+                shim.communicate()
+        assert shim.returncode == 187, err
+        assert "adopted from worker" in c.orchestrator.log() and "shim re-attached" in c.orchestrator.log()
