@@ -39,7 +39,6 @@ def main():
                         worker_overrides={i: {"log_level": "info"} for i in range(3)}) as c:
             cfg = c.pms_config("soak", mode="remote")
             running = []
-            pids = []
             reasons = set()
             end = time.monotonic() + opts.minutes * 60
             next_chaos = time.monotonic() + 10
@@ -68,8 +67,9 @@ def main():
                         reasons.add(err.decode(errors="replace").strip().splitlines()[-1][:160])
                     else:
                         counts["wrong"] += 1
-                    if (sdir / "pid.json").exists():
-                        pids.append(json.loads((sdir / "pid.json").read_text())["pid"])
+                    if (sdir / "pid.json").exists():      # checked now: pids get reused over a long soak
+                        pid = json.loads((sdir / "pid.json").read_text())["pid"]
+                        counts["left_behind"] += 0 if cl.wait_pid_gone(pid, 5) else 1
                 if time.monotonic() > next_chaos and time.monotonic() < end:
                     next_chaos = time.monotonic() + rng.uniform(10, 30)
                     if rng.random() < 0.5:
@@ -83,7 +83,6 @@ def main():
                         counts["orchestrator_restarts"] += 1
                 time.sleep(0.05)       # pacing of the load generator (not synchronization)
             counts["reattached"] = sum(d.log().count("shim re-attached") for d in c.daemons if d.name == "orchestrator")
-            counts["left_behind"] = sum(1 for pid in pids if not cl.wait_pid_gone(pid, 5))
     print(f"soak {opts.minutes} min: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for r in sorted(reasons):
         print(f"  failed: {r}")
