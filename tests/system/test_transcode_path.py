@@ -498,13 +498,23 @@ def test_drain_stops_new_assignments_and_running_jobs_finish(tmp_path, media):
         assert post(f"{c.orchestrator.url}/api/v1/workers/nope/drain")[0] == 404
 
 
+def realtime_dash_job(c, clip):
+    """Plex's DASH argv (F1) read at real time (-re), so it is still running when a test acts."""
+    key, uid, sdir = new_session(c)
+    argv = ["-re"] + fixtures.instantiate(fixtures.load_argv("F1"), input_path=str(clip), session_dir=str(sdir),
+                                          session_key=key, job_uuid=uid)
+    return argv, sdir, key, uid
+
+
+def dash_segment_numbers(sdir):
+    return sorted(int(p.name.split("-")[-1].split(".")[0]) for p in sdir.glob("chunk-stream0-*.m4s"))
+
+
 def test_a_dash_transcode_resumes_from_its_last_segment_on_another_worker(tmp_path):
     clip = tmp_path / "clip.mkv"
     fixtures.make_clip(str(clip), seconds=15)
     with cl.Cluster(tmp_path / "c", workers=2) as c:
-        key, uid, sdir = new_session(c)
-        argv = ["-re"] + fixtures.instantiate(fixtures.load_argv("F1"), input_path=str(clip), session_dir=str(sdir),
-                                              session_key=key, job_uuid=uid)
+        argv, sdir, key, uid = realtime_dash_job(c, clip)
         shim = c.shim(argv, sdir, mode="remote")
         try:
             c.pms_wait(f"/session/{key}/{uid}/manifest", count=2, timeout=30)   # a few segments are out
@@ -523,7 +533,7 @@ def test_a_dash_transcode_resumes_from_its_last_segment_on_another_worker(tmp_pa
         line = next(ln for ln in survivor.log().splitlines() if "resume DASH at segment" in ln)
         first = int(line.split("resume DASH at segment ")[1].split()[0])
         assert first > 1, line                                 # not from the beginning
-        numbers = sorted(int(p.name.split("-")[-1].split(".")[0]) for p in sdir.glob("chunk-stream0-*.m4s"))
+        numbers = dash_segment_numbers(sdir)
         assert numbers == list(range(1, numbers[-1] + 1)), numbers    # no hole, no restart from 1 needed
         assert numbers[-1] >= 5
         joined = sdir / "probe.mp4"
@@ -536,9 +546,7 @@ def test_when_no_worker_can_continue_mode_both_resumes_locally(tmp_path):
     clip = tmp_path / "clip.mkv"
     fixtures.make_clip(str(clip), seconds=12)
     with cl.Cluster(tmp_path / "c", workers=1) as c:
-        key, uid, sdir = new_session(c)
-        argv = ["-re"] + fixtures.instantiate(fixtures.load_argv("F1"), input_path=str(clip), session_dir=str(sdir),
-                                              session_key=key, job_uuid=uid)
+        argv, sdir, key, uid = realtime_dash_job(c, clip)
         shim = c.shim(argv, sdir, mode="both")
         try:
             c.pms_wait(f"/session/{key}/{uid}/manifest", count=2, timeout=30)
@@ -549,7 +557,7 @@ def test_when_no_worker_can_continue_mode_both_resumes_locally(tmp_path):
                 kill(shim)
         assert rc == 0, err
         assert "running locally" in err and "continuing from the last segment" in err
-        numbers = sorted(int(p.name.split("-")[-1].split(".")[0]) for p in sdir.glob("chunk-stream0-*.m4s"))
+        numbers = dash_segment_numbers(sdir)
         assert numbers == list(range(1, numbers[-1] + 1)) and numbers[-1] >= 4, numbers
 
 
@@ -557,9 +565,7 @@ def test_a_relay_restart_does_not_kill_the_transcode(tmp_path):
     clip = tmp_path / "clip.mkv"
     fixtures.make_clip(str(clip), seconds=8)
     with cl.Cluster(tmp_path / "c", workers=1) as c:
-        key, uid, sdir = new_session(c)
-        argv = ["-re"] + fixtures.instantiate(fixtures.load_argv("F1"), input_path=str(clip), session_dir=str(sdir),
-                                              session_key=key, job_uuid=uid)
+        argv, sdir, key, uid = realtime_dash_job(c, clip)
         shim = c.shim(argv, sdir, mode="remote", config=c.pms_config("relay-restart", mode="remote"))
         try:
             c.pms_wait(f"/session/{key}/{uid}/progress", count=3, timeout=30)
