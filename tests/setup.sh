@@ -9,10 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(ffmpeg iproute2 python3 python3-venv python3-pip python3-aiohttp python3-zeroconf python3-sdnotify
-              python3-yaml python3-psutil
+              python3-yaml python3-psutil python3-prometheus-client
               # packaging tests: build, lint, and boot Debian 12 containers
               debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian
-              systemd-container debootstrap dpkg-dev)
+              systemd-container debootstrap dpkg-dev
+              # Ansible role tests; the web page test runs in a real headless browser
+              ansible ansible-lint chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
