@@ -7,8 +7,11 @@ orchestrator restart, failures, transcoders left behind.
 """
 
 import argparse
+import faulthandler
 import json
 import random
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,10 +29,13 @@ def main():
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--job-timeout", type=float, default=180,
+                    help="a shim still running after this many seconds counts as hung and is killed")
     opts = ap.parse_args()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)     # kill -USR1 <pid>: where is it stuck?
     rng = random.Random(opts.seed)
     counts = dict(jobs=0, exact=0, wrong=0, moved=0, reattached=0, failed=0, worker_kills=0,
-                  orchestrator_restarts=0, left_behind=0)
+                  orchestrator_restarts=0, hung=0, left_behind=0)
     with tempfile.TemporaryDirectory(prefix="clusterplex-soak-") as tmp:
         tmp = Path(tmp)
         media = tmp / "clip.mkv"
@@ -42,6 +48,8 @@ def main():
             reasons = set()
             end = time.monotonic() + opts.minutes * 60
             next_chaos = time.monotonic() + 10
+            next_report = time.monotonic() + 60
+            reattached = 0
             while time.monotonic() < end or running:
                 while time.monotonic() < end and len(running) < opts.concurrency:
                     key, uid = f"soak{counts['jobs']}", str(uuid.uuid4())
@@ -51,16 +59,26 @@ def main():
                     argv = ["-x_test_pidfile", str(sdir / "pid.json"), "-x_test_hold", hold, "-x_test_exit", str(code),
                             "-i", str(media), "-progressurl",
                             f"http://127.0.0.1:32400/video/:/transcode/session/{key}/{uid}/progress", "o.ts"]
-                    running.append((c.shim(argv, sdir, config=cfg), code, sdir))
+                    # stderr to a file: a pipe read only at the end would block a chatty shim forever
+                    with open(sdir / "shim.err", "wb") as errf:
+                        p = c.shim(argv, sdir, config=cfg, stdout=subprocess.DEVNULL, stderr=errf)
+                    running.append((p, code, sdir, time.monotonic() + opts.job_timeout))
                     counts["jobs"] += 1
                 for item in list(running):
-                    p, code, sdir = item
+                    p, code, sdir, deadline = item
                     if p.poll() is None:
-                        continue
+                        if time.monotonic() < deadline:
+                            continue
+                        p.kill()
+                        p.wait()
+                        counts["hung"] += 1
+                        reasons.add(f"hung > {opts.job_timeout:.0f} s: {sdir.name}")
                     running.remove(item)
-                    _, err = p.communicate()
+                    err = (sdir / "shim.err").read_bytes()
                     counts["moved"] += err.count(b"restarting it on another worker")
-                    if p.returncode == code:
+                    if p.returncode == -signal.SIGKILL:
+                        pass                                 # hung, killed above
+                    elif p.returncode == code:
                         counts["exact"] += 1
                     elif b"remote transcode failed" in err:
                         counts["failed"] += 1
@@ -79,14 +97,20 @@ def main():
                         c.workers[i] = c.start_worker(i)
                         counts["worker_kills"] += 1
                     else:
+                        reattached += c.orchestrator.log().count("shim re-attached")
                         c.restart_orchestrator(kill=rng.random() < 0.5)
                         counts["orchestrator_restarts"] += 1
                 time.sleep(0.05)       # pacing of the load generator (not synchronization)
-            counts["reattached"] = sum(d.log().count("shim re-attached") for d in c.daemons if d.name == "orchestrator")
+                if time.monotonic() > next_report:
+                    next_report = time.monotonic() + 60
+                    print(f"  {time.strftime('%H:%M:%S')} running {len(running)}: "
+                          + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
+            counts["reattached"] = reattached + c.orchestrator.log().count("shim re-attached")
+            print("  load done, stopping the cluster", flush=True)
     print(f"soak {opts.minutes} min: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for r in sorted(reasons):
         print(f"  failed: {r}")
-    return 0 if counts["wrong"] == 0 and counts["left_behind"] == 0 else 1
+    return 0 if counts["wrong"] == counts["hung"] == counts["left_behind"] == 0 else 1
 
 
 if __name__ == "__main__":

@@ -340,15 +340,17 @@ class Cluster:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    def shim(self, argv, cwd, mode="both", env=None, config=None, **cfg_over):
-        """Start the shim as PMS would (argv, cwd, env with the Plex token)."""
+    def shim(self, argv, cwd, mode="both", env=None, config=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+             **cfg_over):
+        """Start the shim as PMS would (argv, cwd, env with the Plex token). Output goes to pipes unless
+        ``stdout``/``stderr`` say otherwise (files for long runs that only read it at the end)."""
         cfg = config or self.pms_config(f"shim-{mode}", mode=mode, **cfg_over)
         e = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "X_PLEX_TOKEN": PLEX_TOKEN,
              "CLUSTERPLEX_CONFIG": str(cfg), "LD_PRELOAD": "", "PYTHONPATH": "/nonexistent",
              "PLEX_MEDIA_SERVER_INFO_MODEL": "x86_64"}
         e.update(env or {})
         return subprocess.Popen(self.wrap("shim", command("clusterplex-shim") + list(argv)), cwd=cwd, env=e,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                                stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)
 
     def api(self, path):
         with urllib.request.urlopen(self.orchestrator.url + path, timeout=5) as r:
