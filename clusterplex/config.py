@@ -328,12 +328,32 @@ PMS = Section({
         "advertise": Url("", allow_empty=True),
         "restrict_to_workers": Bool(True),
         "allow": List(Str(pattern=r"[0-9a-fA-F:./]+")),
+        "enabled": Bool(True),
+        "direct_url": Url("", allow_empty=True),
     }),
     "discovery": _discovery(cache_file=Path("/run/clusterplex/orchestrator.json")),
     "log_level": LOG_LEVEL,
 })
 
 SCHEMAS = {"orchestrator": ORCHESTRATOR, "worker": WORKER, "pms": PMS}
+
+_LOOPBACK_HOST = re.compile(r"(localhost|127(\.\d{1,3}){3}|\[::1\]|\[::ffff:127(\.\d{1,3}){3}\])(:\d+)?", re.I)
+
+
+def _check_pms(cfg):
+    """Rules across keys of pms.yaml (one key's own checks are in the schema)."""
+    direct = cfg.relay.direct_url
+    if direct:
+        hostport = direct.split("://", 1)[1].split("/", 1)[0]
+        if _LOOPBACK_HOST.fullmatch(hostport):
+            raise _Invalid("/relay/direct_url", f"{direct} is a loopback address: each worker would call itself; "
+                                                f"give PMS's LAN address, e.g. http://192.168.1.10:32400")
+    if not cfg.relay.enabled and not direct:
+        raise _Invalid("/relay/direct_url", "required when /relay/enabled is false: PMS's URL as the workers "
+                                            "reach it, e.g. http://192.168.1.10:32400 or https://plex.lan:32400")
+
+
+_CROSS_CHECKS = {"pms": _check_pms}
 
 
 def default_path(kind):
@@ -370,7 +390,10 @@ def parse(kind, text, path="<config>"):
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
     try:
-        return SCHEMAS[kind].check(data, "")
+        cfg = SCHEMAS[kind].check(data, "")
+        if kind in _CROSS_CHECKS:
+            _CROSS_CHECKS[kind](cfg)
+        return cfg
     except _Invalid as e:
         raise ConfigError(f"{path}: {e.path or '/'}: {e.message}") from None
 

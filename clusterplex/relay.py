@@ -109,8 +109,11 @@ class Relay:
         app = web.Application(client_max_size=1 << 30, middlewares=[self.guard])
         app.router.add_route("*", "/{tail:.*}", self.handle)
         host, port = self.cfg.relay.listen
-        self._runner, self.listen_address = await daemon.serve(app, host, port, "the relay")
-        if self.cfg.relay.restrict_to_workers:
+        if self.cfg.relay.enabled:
+            self._runner, self.listen_address = await daemon.serve(app, host, port, "the relay")
+        else:   # relay.enabled false: workers call PMS at relay.direct_url; we only find the orchestrator
+            logger.info("relay off (relay.enabled: false): workers call PMS at %s directly", self.cfg.relay.direct_url)
+        if self.cfg.relay.restrict_to_workers and self.cfg.relay.enabled:
             self._workers_task = asyncio.get_running_loop().create_task(self._follow_workers())
         if self.secret is None:
             self._secret_task = asyncio.get_running_loop().create_task(self._wait_for_secret())
@@ -200,6 +203,8 @@ class Relay:
         if self.secret is None:
             return f"not joined: {self.secret_error}"
         line = f"relaying to {self.cfg.plex_url}: {self.requests} requests, {self.refused} refused"
+        if not self.cfg.relay.enabled:
+            line = f"relay off: workers call PMS at {self.cfg.relay.direct_url}"
         if self.cfg.orchestrator == "auto":
             line += f"; orchestrator {self.orchestrator[1] if self.orchestrator else 'not found yet'}"
         return line

@@ -1,7 +1,8 @@
 """clusterplex-shim: stands at Plex's transcoder path and hands jobs to the cluster.
 
 PMS runs it with the transcoder's arguments, cwd and environment. It
-rewrites PMS's URL to the relay, keeps an allow-listed environment, submits
+rewrites PMS's URL to the relay (or to ``relay.direct_url`` when the relay is
+off), keeps an allow-listed environment, submits
 the job to the orchestrator and then mirrors the remote transcoder: its
 output on our stdout/stderr, its exit code as ours. PMS stops a transcode by
 SIGKILLing us; the orchestrator sees our connection drop and cancels the
@@ -53,9 +54,7 @@ class Remote:
         self.cfg = cfg
         self.secret = secret
         self.job_id = protocol.new_job_id()
-        advertise = cfg.relay.advertise or f"http://{socket.gethostname()}:{cfg.relay.listen[1]}"
-        target = advertise + protocol.relay_prefix(secret, self.job_id)
-        self.argv = plexargs.rewrite_urls(argv, cfg.plex_url, target)
+        self.argv = plexargs.rewrite_urls(argv, cfg.plex_url, callback_base(cfg, secret, self.job_id))
         key, uuid = plexargs.session_of(argv)
         self.job = {"id": self.job_id, "argv": self.argv, "cwd": cwd,
                     "env": policy.filter_env(environ, cfg.env_allow),
@@ -142,6 +141,16 @@ class Remote:
                         bool(msg.get("fallback")) and not msg.get("started") and not self.started)
             elif kind == "refused":
                 raise protocol.AuthError(str(msg.get("reason")))
+
+
+def callback_base(cfg, secret, job_id):
+    """Where the job's transcoder calls PMS back: the relay with this job's capability, or, with
+    ``relay.enabled: false``, PMS itself at ``relay.direct_url`` (its allowed-without-auth networks
+    must then list the workers)."""
+    if not cfg.relay.enabled:
+        return cfg.relay.direct_url
+    advertise = cfg.relay.advertise or f"http://{socket.gethostname()}:{cfg.relay.listen[1]}"
+    return advertise + protocol.relay_prefix(secret, job_id)
 
 
 def split_url(url):
