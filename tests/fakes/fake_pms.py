@@ -17,7 +17,9 @@ Routes (PMS behaviour as far as the transcoder sees it):
 Every request above is recorded (404 and 401 too).
 
 Auth as PMS: loopback peers are trusted; with a token configured other
-peers need ``X-Plex-Token`` (header or query) or get 401.  ``--untrusted-loopback``
+peers need ``X-Plex-Token`` (header or query) or get 401, unless their address
+is in ``--allowed-networks`` (Plex's "List of IP addresses and networks that
+are allowed without auth", ``allowedNetworks`` in Preferences.xml).  ``--untrusted-loopback``
 makes loopback peers need the token too, so tests can exercise the 401 path
 without leaving 127.0.0.1.
 
@@ -96,9 +98,11 @@ def _is_loopback(remote: str | None) -> bool:
 class FakePMS:
     """State + handlers.  ``app`` is the aiohttp application."""
 
-    def __init__(self, token: str | None = None, *, trust_loopback: bool = True) -> None:
+    def __init__(self, token: str | None = None, *, trust_loopback: bool = True,
+                 allowed_networks: tuple = ()) -> None:
         self.token = token
         self.trust_loopback = trust_loopback
+        self.allowed_networks = [ipaddress.ip_network(n, strict=False) for n in allowed_networks]
         self.records: list[dict[str, Any]] = []
         self.seq = 0
         self.can_throttle = False
@@ -190,6 +194,13 @@ class FakePMS:
             return True
         if self.trust_loopback and _is_loopback(request.remote):
             return True
+        if self.allowed_networks and request.remote:
+            try:
+                ip = ipaddress.ip_address(request.remote.split("%", 1)[0])
+            except ValueError:
+                ip = None
+            if ip is not None and any(ip in net for net in self.allowed_networks):
+                return True
         return self.token in (request.headers.get("X-Plex-Token"), request.query.get("X-Plex-Token"))
 
     async def h_any(self, request: web.Request) -> web.StreamResponse:
@@ -353,8 +364,9 @@ def sd_notify(message: str) -> None:
         s.sendall(message.encode())
 
 
-async def _serve(host: str, port: int, token: str | None, trust_loopback: bool) -> None:
-    pms = FakePMS(token, trust_loopback=trust_loopback)
+async def _serve(host: str, port: int, token: str | None, trust_loopback: bool,
+                 allowed_networks: tuple = ()) -> None:
+    pms = FakePMS(token, trust_loopback=trust_loopback, allowed_networks=allowed_networks)
     runner, bound_host, bound_port = await start_site(pms.app, host, port)
     hp = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
     sys.stdout.write(f"LISTENING {hp}\n")
@@ -374,10 +386,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--token", default=None, help="token non-loopback peers must present")
     ap.add_argument("--untrusted-loopback", action="store_true",
                     help="require the token from loopback peers too")
+    ap.add_argument("--allowed-networks", default="",
+                    help="comma-separated networks allowed without the token (Plex's allowedNetworks)")
     a = ap.parse_args(argv)
     host, _, port = a.listen.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
-    asyncio.run(_serve(host, int(port), a.token, not a.untrusted_loopback))
+    nets = tuple(n.strip() for n in a.allowed_networks.split(",") if n.strip())
+    asyncio.run(_serve(host, int(port), a.token, not a.untrusted_loopback, nets))
     return 0
 
 
