@@ -107,6 +107,7 @@ class Orchestrator:
         self.queue = {}             # job id -> timer, jobs waiting for a free worker (FIFO)
         self.affinity = {}          # Plex session key -> worker key that ran it last
         self.adoption = {}          # job id -> asyncio.Event, shims waiting for a worker to report their job
+        self.probes = {}            # probe id -> {worker key: Future}, `clusterplex doctor` probes in flight
         self.stopping = False
         self.http = None
         self.mdns = None
@@ -245,6 +246,9 @@ class Orchestrator:
             self._adopt(key, rec, msg.get("jobs"), now)
             self._update_status()
             self._drain_queue()
+            return
+        if kind == "probe_result":
+            self._probe_result(key, msg)
             return
         if kind == "load":
             self.registry.update_load(key, msg, now)
@@ -442,6 +446,8 @@ class Orchestrator:
                     await self._attach(sess, msg.get("job_id"))
                 elif msg["type"] == "cancel" and sess.job is not None:
                     self._cancel(sess.job, "cancelled by the shim")
+                elif msg["type"] == "probe" and sess.job is None:
+                    await self._probe(sess, msg.get("probe"))
                 else:
                     self.log_once.warning(("shimmsg", peer.name), "unexpected %r from shim at %s",
                                           msg["type"], peer.name)
@@ -452,6 +458,48 @@ class Orchestrator:
                     self._cancel(sess.job, "shim went away (PMS stopped the transcode)")
             peer.abort()
         return ws
+
+    async def _probe(self, sess, raw):
+        """`clusterplex doctor`: every connected worker checks what jobs need there (media, transcode
+        root, relay, codecs, uid, clock); one answer with all results, or why a worker gave none."""
+        try:
+            probe = protocol.check_probe(raw)
+        except protocol.ProtocolError as e:
+            sess.peer.post({"type": "probe_results", "error": str(e), "workers": [], "clock": time.time()})
+            return
+        probe_id = protocol.new_nonce()
+        waiting = self.probes[probe_id] = {}
+        entries = {}
+        for rec in self.registry:
+            entries[rec.key] = {"name": rec.name or rec.address_str, "address": rec.address_str, "state": rec.state,
+                                "reason": rec.reason}
+            ln = self.links.get(rec.key)
+            if ln is not None and ln.post({"type": "probe", "probe_id": probe_id, "probe": probe}):
+                waiting[rec.key] = asyncio.get_running_loop().create_future()
+            else:
+                entries[rec.key]["error"] = f"not connected ({rec.reason})"
+        logger.info("doctor probe from %s: asking %d worker(s)", sess.peer.name, len(waiting))
+        try:
+            if waiting:
+                await asyncio.wait(list(waiting.values()), timeout=probe["timeout"])
+        finally:
+            self.probes.pop(probe_id, None)
+        for key, fut in waiting.items():
+            if fut.done():
+                entries[key].update(fut.result())
+            else:
+                entries[key]["error"] = f"no answer within {probe['timeout']:g} s"
+        sess.peer.post({"type": "probe_results", "workers": list(entries.values()), "clock": time.time()})
+
+    def _probe_result(self, key, msg):
+        probe_id = msg.get("probe_id")
+        fut = self.probes.get(probe_id, {}).get(key) if isinstance(probe_id, str) else None
+        if fut is None or fut.done():
+            return
+        try:
+            fut.set_result({"result": protocol.check_probe_result(msg.get("result")), "received": time.time()})
+        except protocol.ProtocolError as e:
+            fut.set_result({"error": f"malformed probe result: {e}"})
 
     def _submit(self, sess, raw):
         try:

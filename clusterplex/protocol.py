@@ -29,6 +29,18 @@ Messages after the handshake (``job`` objects are checked by ``check_job``)::
 
 ``out.data`` is the raw bytes decoded as latin-1, so any byte survives JSON.
 
+``clusterplex doctor`` (authenticated as a shim, checked by ``check_probe`` and
+``check_probe_result``)::
+
+    doctor -> orchestrator   probe {probe}
+    orchestrator -> doctor   probe_results {workers: [{name, address, state, reason,
+                                                       result?, error?, received?}], clock}
+    orchestrator -> worker   probe {probe_id, probe}
+    worker -> orchestrator   probe_result {probe_id, result}
+
+The relay answers ``GET RELAY_PING`` (``{"service": "clusterplex-relay", "cluster":
+<fingerprint>}``) to the peers it relays for; it forwards nothing.
+
 This module is imported by the shim on every play: standard library only,
 no dataclasses, nothing heavy.
 """
@@ -42,12 +54,15 @@ PROTO_VERSION = 1
 SHIM_PATH = "/api/v1/shim"
 CONTROL_PATH = "/api/v1/control"
 RELAY_PREFIX = "/_cp"
+RELAY_PING = RELAY_PREFIX + "/ping"
 
 MAX_MESSAGE = 1 << 20           # bytes in one frame
 MAX_ARGV = 4096                 # arguments in one job
 MAX_ARG_LEN = 64 * 1024         # bytes in one argument
 MAX_ENV = 256                   # environment variables in one job
 MAX_ENV_LEN = 32 * 1024
+MAX_PROBE_RESULT = 64 * 1024    # bytes of one worker's probe result
+PROBE_TIMEOUT_MAX = 60.0        # seconds the orchestrator waits for probe results, at most
 
 ROLE_SHIM = "shim"
 ROLE_ORCHESTRATOR = "orchestrator"
@@ -226,3 +241,87 @@ def check_job(job):
     if not isinstance(resume, bool):
         raise ProtocolError("resume must be true or false")
     return {"id": job_id, "argv": list(argv), "cwd": cwd, "env": dict(env), "session": session, "resume": resume}
+
+
+# --- doctor probe (hostile input both ways) ------------------------------------------
+
+def _short_str(value, what, max_len=4096, *, path=False, url=False):
+    if not isinstance(value, str) or len(value) > max_len or "\x00" in value:
+        raise ProtocolError(f"{what} must be a string of at most {max_len} characters")
+    if value and path and not value.startswith("/"):
+        raise ProtocolError(f"{what} must be an absolute path")
+    if value and url and not (value.startswith(("http://", "https://")) and value.isprintable()
+                              and " " not in value):
+        raise ProtocolError(f"{what} must be an http(s) URL")
+    return value
+
+
+def check_probe(probe):
+    """Validate what a worker is asked to check; return a clean copy or raise ProtocolError.
+
+    ``sample``: a media path as Plex sees it ("" for none); ``transcode_dir``: Plex's transcode
+    directory ("" when unknown); ``relay_url``: what the worker should reach ("" for none),
+    ``relay_kind``: "relay" (our relay's ping) or "plex" (PMS directly, relay disabled);
+    ``plex_user``: whose uid to report; ``timeout``: seconds for the whole probe.
+    """
+    if not isinstance(probe, dict):
+        raise ProtocolError("probe must be an object")
+    out = {"sample": _short_str(probe.get("sample", ""), "probe sample", path=True),
+           "transcode_dir": _short_str(probe.get("transcode_dir", ""), "probe transcode_dir", path=True),
+           "relay_url": _short_str(probe.get("relay_url", ""), "probe relay_url", 2048, url=True),
+           "relay_kind": probe.get("relay_kind", "relay"),
+           "plex_user": _short_str(probe.get("plex_user", "plex"), "probe plex_user", 64),
+           "timeout": probe.get("timeout", 10.0)}
+    if out["relay_kind"] not in ("relay", "plex"):
+        raise ProtocolError("probe relay_kind must be 'relay' or 'plex'")
+    if not out["plex_user"] or not all(c.isalnum() or c in "._-" for c in out["plex_user"]):
+        raise ProtocolError("probe plex_user must be a user name")
+    t = out["timeout"]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.5 <= t <= PROBE_TIMEOUT_MAX:
+        raise ProtocolError(f"probe timeout must be a number of seconds from 0.5 to {PROBE_TIMEOUT_MAX:g}")
+    return out
+
+
+# key -> type(s) of the value; a nested dict is a section; None allowed where listed
+_PROBE_STR = (str,)
+_PROBE_RESULT = {
+    "name": _PROBE_STR, "version": _PROBE_STR, "state": _PROBE_STR, "reason": _PROBE_STR,
+    "clock": (int, float), "uid": (int,), "plex_user": _PROBE_STR, "plex_uid": (int, type(None)),
+    "transcoder": {"path": _PROBE_STR, "ok": (bool,), "problem": _PROBE_STR},
+    "sample": {"path": _PROBE_STR, "mapped": _PROBE_STR, "ok": (bool,), "problem": _PROBE_STR},
+    "transcode": {"root": _PROBE_STR, "ok": (bool,), "problem": _PROBE_STR, "plex_dir": _PROBE_STR,
+                  "mapped": _PROBE_STR},
+    "codecs": {"enabled": (bool,), "version": (str, type(None)), "arch": (str, type(None)),
+               "state": (str, type(None)), "present": (int,), "total": (int,), "reason": _PROBE_STR},
+    "relay": {"url": _PROBE_STR, "kind": _PROBE_STR, "ok": (bool,), "problem": _PROBE_STR,
+              "status": (int, type(None))},
+}
+_PROBE_OPTIONAL = frozenset(("sample", "relay"))
+
+
+def _check_section(value, schema, where):
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{where} must be an object")
+    out = {}
+    for key, kind in schema.items():
+        if key not in value:
+            if isinstance(kind, dict) and key in _PROBE_OPTIONAL:
+                continue
+            raise ProtocolError(f"{where}.{key} missing")
+        v = value[key]
+        if isinstance(kind, dict):
+            if v is None and key in _PROBE_OPTIONAL:
+                continue
+            out[key] = _check_section(v, kind, f"{where}.{key}")
+        elif not isinstance(v, kind) or (isinstance(v, bool) and bool not in kind):
+            raise ProtocolError(f"{where}.{key} has the wrong type")
+        else:
+            out[key] = v
+    return out
+
+
+def check_probe_result(result):
+    """Validate a worker's probe result; return a clean copy (known keys only) or raise ProtocolError."""
+    if len(encode(result)) > MAX_PROBE_RESULT:
+        raise ProtocolError("probe result too large")
+    return _check_section(result, _PROBE_RESULT, "result")

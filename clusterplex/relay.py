@@ -237,6 +237,10 @@ class Relay:
             return self._refuse(request, 503, "relay not joined to a cluster yet (no cluster secret)")
         if not await self._peer_allowed(request.remote or ""):
             return self._refuse(request, 403, f"{request.remote} is not a known worker (relay.allow adds networks)")
+        if request.method == "GET" and str(request.message.path) == protocol.RELAY_PING:
+            # `clusterplex doctor`: a worker checks it reaches us; nothing is forwarded
+            return web.json_response({"service": "clusterplex-relay",
+                                      "cluster": protocol.secret_fingerprint(self.secret)})
         return await handler(request)
 
     async def handle(self, request):

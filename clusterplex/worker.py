@@ -20,8 +20,8 @@ import time
 import psutil
 from aiohttp import web
 
-from . import (__version__, capabilities, codecs, config, daemon, discovery, eae, hardware, link, policy,
-               protocol, resume, rewrite, runner)
+from . import (__version__, capabilities, codecs, config, daemon, discovery, doctor, eae, hardware, link,
+               policy, protocol, resume, rewrite, runner)
 
 logger = logging.getLogger(__name__)
 
@@ -414,7 +414,8 @@ class Worker:
 
     async def health(self, request):
         return web.json_response({"name": self.name, "state": self.state, "reason": self.reason,
-                                  "running_jobs": len(self.jobs), "max_jobs": self.max_jobs})
+                                  "running_jobs": len(self.jobs), "max_jobs": self.max_jobs,
+                                  "orchestrators": len(self.peers)})
 
     async def api_codecs(self, request):
         return web.json_response({"enabled": self.cfg.codecs.enabled,
@@ -472,8 +473,37 @@ class Worker:
                 return
             logger.info("job %s re-attached by the orchestrator at %s", job.id[:8], peer.name)
             job.attach(peer)
+        elif kind == "probe":
+            self._spawn(self._probe(peer, msg))
         else:
             self.log_once.warning(("type", peer.name, kind), "ignoring unknown message %r from %s", kind, peer.name)
+
+    async def _probe(self, peer, msg):
+        """`clusterplex doctor` asks (through the orchestrator): check what jobs need here."""
+        probe_id = msg.get("probe_id")
+        try:
+            if not (isinstance(probe_id, str) and 8 <= len(probe_id) <= 64 and probe_id.isalnum()):
+                raise protocol.ProtocolError("probe_id must be 8-64 alphanumeric characters")
+            probe = protocol.check_probe(msg.get("probe"))
+        except protocol.ProtocolError as e:
+            self.log_once.warning(("probe", peer.name), "ignoring a malformed probe from %s: %s", peer.name, e)
+            return
+        self.evaluate()
+        _, problem = resolve_transcoder(self.cfg.transcoder)
+        st = self.codecs.state if self.codecs is not None else None
+        facts = {"name": self.name, "version": __version__, "state": self.state, "reason": self.reason,
+                 "transcoder": self.transcoder or self.cfg.transcoder, "transcoder_problem": problem,
+                 "transcode_root": self.cfg.transcode_root,
+                 "path_map": [{"from": getattr(m, "from"), "to": m.to} for m in self.cfg.path_map],
+                 "codecs": {"enabled": self.cfg.codecs.enabled,
+                            "version": self.hardware["transcoder"].get("codec_version"),
+                            "arch": self.hardware["transcoder"].get("plex_arch"),
+                            "state": st.state if st else None, "present": st.present if st else 0,
+                            "total": st.total if st else 0, "reason": st.reason if st else ""},
+                 "fingerprint": protocol.secret_fingerprint(self.secret) if self.secret else ""}
+        result = await doctor.probe_here(probe, facts)
+        logger.info("doctor probe from %s answered", peer.name)
+        peer.post({"type": "probe_result", "probe_id": probe_id, "result": result})
 
     async def start_job(self, peer, raw):
         job_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else ""
