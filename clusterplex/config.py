@@ -328,6 +328,7 @@ PMS = Section({
         "advertise": Url("", allow_empty=True),
         "restrict_to_workers": Bool(True),
         "allow": List(Str(pattern=r"[0-9a-fA-F:./]+")),
+        "metrics_allow": List(Str(pattern=r"[0-9a-fA-F:./]+")),
         "enabled": Bool(True),
         "direct_url": Url("", allow_empty=True),
     }),

@@ -7,14 +7,17 @@ gets a ``WorkerLink`` that keeps an authenticated connection to it.
 """
 
 import asyncio
+import json
 import logging
 import socket
 import time
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
-from . import __version__, capabilities, config, daemon, discovery, jobs, link, protocol, registry, scheduler
+from . import (__version__, capabilities, config, daemon, discovery, feed, jobs, link, metrics, protocol, registry,
+               scheduler)
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +26,15 @@ RECONNECT_MAX = 5.0
 AFFINITY_SIZE = 1000
 MAX_RESTARTS = 2
 ATTACH_WAIT = 5.0      # how long a re-attaching shim waits for the workers to report its job
+WEB_DIR = Path(__file__).resolve().parent / "web"
+WEB_FILES = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "application/javascript"),
+             "/style.css": ("style.css", "text/css")}
+WEB_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                                          "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'",
+               "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+FEED_DELAY = 0.2       # seconds changes are gathered before the web page hears of them
+FEED_KEEPALIVE = 15.0  # seconds between SSE comments on an idle stream (finds clients that left)
+FEED_MAX_CLIENTS = 64
 
 
 def _session_key(job):
@@ -92,6 +104,7 @@ class ShimSession:
     def __init__(self, peer):
         self.peer = peer
         self.job = None
+        self.mode = ""              # the shim's mode (pms.yaml), as it said in its submission
 
 
 class Orchestrator:
@@ -116,6 +129,10 @@ class Orchestrator:
         self.ignored = {}           # mDNS name -> why it is not used
         self.listen_address = ""
         self.log_once = daemon.LogOnce(logger)
+        self.metrics = metrics.OrchestratorMetrics(self)
+        self.recent = feed.Recent()           # failures and local fallbacks, for the web page
+        self.hub = feed.Hub()                 # the web page's live streams
+        self._feed_timer = None
         self._runner = None
         self._tasks = set()
 
@@ -130,6 +147,11 @@ class Orchestrator:
         app.router.add_get("/api/v1/jobs", self.api_jobs)
         app.router.add_get(protocol.SHIM_PATH, self.shim)
         app.router.add_post("/api/v1/workers/{name}/{action:drain|resume}", self.api_drain)
+        app.router.add_get("/api/v1/events", self.api_events)
+        app.router.add_get("/api/v1/recent", self.api_recent)
+        app.router.add_get("/metrics", self.api_metrics)
+        for path in WEB_FILES:
+            app.router.add_get(path, self.web_file)
         host, port = self.cfg.listen
         self._runner, self.listen_address = await daemon.serve(app, host, port, "shims and the API")
         for host, port in self.cfg.workers:
@@ -190,6 +212,9 @@ class Orchestrator:
             await self.watch.close()
         for ln in list(self.links.values()):
             ln.task.cancel()
+        self.hub.close()            # ends the web page's streams
+        if self._feed_timer is not None:
+            self._feed_timer.cancel()
         for sess in list(self.shims.values()):
             await sess.peer.flush_and_close(code=1001, message=b"orchestrator stopping")
         for task in list(self._tasks):
@@ -214,6 +239,32 @@ class Orchestrator:
 
     def _update_status(self):
         self.notifier.status(self.status_line())
+        self._changed()
+
+    def _changed(self):
+        """Something the web page shows changed: send it a snapshot soon (changes are gathered)."""
+        if self._feed_timer is None and self.hub.clients and not self.hub.closed:
+            self._feed_timer = asyncio.get_running_loop().call_later(FEED_DELAY, self._publish)
+
+    def _publish(self):
+        self._feed_timer = None
+        self.hub.publish(feed.sse("snapshot", self._snapshot()))
+
+    def _snapshot(self):
+        now = time.monotonic()
+        return json.dumps({
+            "version": __version__, "time": time.time(), "status": self.status_line(),
+            "clients": len(self.hub.clients),
+            "workers": [w.view() for w in self.registry],
+            "jobs": [j.view(now) for j in self.jobs.active()],
+            "finished": [j.view(now) for j in reversed(self.jobs.history())][:20],
+            "recent": list(reversed(self.recent.items()))[:50],
+        }, separators=(",", ":"))
+
+    def _note(self, kind, job, reason):
+        """A failure or a fallback to remember for the web page (and the journal at debug level)."""
+        self.recent.add(kind, job, reason, time.time())
+        self._changed()
 
     # --- worker sources --------------------------------------------------------
 
@@ -252,6 +303,7 @@ class Orchestrator:
             return
         if kind == "load":
             self.registry.update_load(key, msg, now)
+            self._changed()
             return
         job = self.jobs.get(msg.get("job_id"))
         if job is None or job.worker != key:
@@ -262,6 +314,8 @@ class Orchestrator:
             if sess and msg.get("fd") in (1, 2) and isinstance(msg.get("data"), str):
                 sess.peer.post({"type": "out", "fd": msg["fd"], "data": msg["data"]})
         elif kind == "started":
+            if job.state == jobs.ASSIGNED and job.restarts == 0:
+                self.metrics.dispatched(now - job.created)
             job.started(msg.get("pid"), now)
             logger.info("job %s running on %s (pid %s), dispatch %.1f ms", job.id[:8], job.worker_name,
                         job.pid, (now - job.created) * 1000)
@@ -272,8 +326,17 @@ class Orchestrator:
             code = msg.get("code") if isinstance(msg.get("code"), int) else 1
             sig = msg.get("signal") if isinstance(msg.get("signal"), int) else None
             self.registry.release(key, job.id)
-            if job.state != jobs.CANCELLED:
+            ran = now - job.started_at if job.started_at is not None else None
+            if job.state == jobs.CANCELLED:
+                self.metrics.outcome(metrics.CANCELLED, ran)
+            else:
                 job.exited(code, sig, now)
+                if code == 0 and not sig:
+                    self.metrics.outcome(metrics.REMOTE_OK, ran)
+                else:
+                    self.metrics.outcome(metrics.REMOTE_FAILED, ran)
+                    self._note(feed.REMOTE_FAILED, job, f"transcoder on {job.worker_name} ended with " +
+                               (f"signal {sig}" if sig else f"exit code {code}"))
             logger.info("job %s on %s ended with %s", job.id[:8], job.worker_name,
                         f"signal {sig}" if sig else f"exit code {code}")
             self.jobs.finish(job)
@@ -286,8 +349,12 @@ class Orchestrator:
             logger.warning("worker %s refused job %s: %s", job.worker_name, job.id[:8], reason)
             self.registry.release(key, job.id)
             if job.state != jobs.ASSIGNED:
+                if job.state == jobs.CANCELLED:
+                    self.metrics.outcome(metrics.CANCELLED)
                 self.jobs.finish(job)
                 return
+            self.metrics.refused(job.worker_name)
+            self._note(feed.REFUSED, job, f"{job.worker_name} refused it: {reason}")
             job.refused(reason)
             self.dispatch(job)
             self._drain_queue()
@@ -339,6 +406,8 @@ class Orchestrator:
             elif job.state == jobs.RUNNING and job.restarts < MAX_RESTARTS:
                 lost = f"worker {job.worker_name} lost while running the job ({reason})"
                 logger.warning("job %s: %s; starting it again elsewhere", job.id[:8], lost)
+                self.metrics.outcome(metrics.RESUMED)
+                self._note(feed.RESUMED, job, lost + "; continuing from the last segment")
                 job.lost(lost)
                 job.spec = dict(job.spec, resume=True)     # the next worker continues from the last segment
                 sess = self.shims.get(job.id)
@@ -346,7 +415,12 @@ class Orchestrator:
                     sess.peer.post({"type": "failover", "reason": lost})
                 self.dispatch(job)
             else:
+                if job.state == jobs.CANCELLED:
+                    self.metrics.outcome(metrics.CANCELLED)
                 if job.state == jobs.RUNNING:
+                    self.metrics.outcome(metrics.REMOTE_FAILED, now - job.started_at)
+                    self._note(feed.REMOTE_FAILED, job, f"worker {job.worker_name} lost while running the job "
+                                                        f"({reason}), moved {job.restarts} times already")
                     job.fail(f"worker {job.worker_name} lost while running the job", now)
                     sess = self.shims.get(job.id)
                     if sess:
@@ -371,6 +445,7 @@ class Orchestrator:
             job.assign(rec.key, rec.name or rec.address_str, now)
             job.decision = decision.reason
             self.registry.assign(rec.key, job.id, now)
+            self._changed()
             if self.links[rec.key].post({"type": "start", "job": job.spec}):
                 logger.info("job %s -> %s", job.id[:8], decision.reason)
                 if _session_key(job):
@@ -401,7 +476,14 @@ class Orchestrator:
         moved = job.restarts > 0
         job.fail(reason, time.monotonic())
         self.jobs.finish(job)
+        self.metrics.outcome(metrics.NO_WORKER)
+        self._note(feed.NO_WORKER, job, reason)
         sess = self.shims.get(job.id)
+        if sess and sess.mode == "both":
+            # The shim runs Plex's own transcoder now (from the last segment if the job had moved).
+            self.metrics.outcome(metrics.FELL_BACK_LOCAL)
+            self._note(feed.FELL_BACK_LOCAL, job, "Plex's own transcoder on the Plex host runs it" +
+                       (", from the last segment" if moved else "") + f": {reason}")
         if sess:
             # A job whose worker died and that no other worker can take: the shim's mode decides,
             # and a local run continues from the last segment.
@@ -441,6 +523,7 @@ class Orchestrator:
         try:
             async for msg in link.messages(ws, peer.name, self.log_once):
                 if msg["type"] == "submit" and sess.job is None:
+                    sess.mode = msg.get("mode") if msg.get("mode") in ("both", "remote") else ""
                     self._submit(sess, msg.get("job"))
                 elif msg["type"] == "attach" and sess.job is None:
                     await self._attach(sess, msg.get("job_id"))
@@ -514,6 +597,7 @@ class Orchestrator:
             sess.peer.post({"type": "failed", "reason": "duplicate job id", "started": False, "fallback": False})
             return
         job.needs = capabilities.needs(spec["argv"])
+        self.metrics.posted()
         sess.job = job
         self.shims[job.id] = sess
         logger.info("job %s submitted (session %s; %s)", job.id[:8], job.session or "-", job.needs.describe())
@@ -562,6 +646,8 @@ class Orchestrator:
             self.registry.release(job.worker, job.id)
         job.cancel(now)
         self.jobs.finish(job)
+        self.metrics.outcome(metrics.CANCELLED)
+        self._changed()
 
     # --- HTTP API ------------------------------------------------------------------
 
@@ -592,6 +678,46 @@ class Orchestrator:
         active = [j.view(now) for j in self.jobs.active()]
         recent = [j.view(now) for j in reversed(self.jobs.history())][:50]
         return web.json_response(active + recent)
+
+    async def api_recent(self, request):
+        """Recent failures, refusals and fallbacks to Plex's own transcoder, newest first."""
+        return web.json_response(list(reversed(self.recent.items())))
+
+    async def api_metrics(self, request):
+        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    async def web_file(self, request):
+        name, kind = WEB_FILES[request.path]
+        try:
+            body = (WEB_DIR / name).read_bytes()
+        except OSError as e:
+            return web.Response(status=404, text=f"web page not installed: {e}\n")
+        return web.Response(body=body, content_type=kind, charset="utf-8", headers=WEB_HEADERS)
+
+    async def api_events(self, request):
+        """Server-Sent Events for the web page: a snapshot now, then one after each change."""
+        if len(self.hub.clients) >= FEED_MAX_CLIENTS:
+            return web.json_response({"error": "too many live clients"}, status=503)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+        client = self.hub.join()
+        try:
+            await resp.prepare(request)
+            await resp.write(feed.sse("snapshot", self._snapshot()))
+            while True:
+                try:
+                    item = await asyncio.wait_for(client.queue.get(), FEED_KEEPALIVE)
+                except asyncio.TimeoutError:
+                    item = b": keepalive\n\n"
+                if item is None:
+                    break
+                await resp.write(item)
+        except ConnectionError as e:     # the browser went away (aiohttp >= 3.9 notices on writing)
+            logger.debug("live client %s: %s", request.remote, e)
+        finally:                         # (aiohttp 3.8 cancels the handler instead)
+            self.hub.leave(client)
+            logger.debug("live client %s left", request.remote)
+        return resp
 
 
 def main(argv=None):

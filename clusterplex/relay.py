@@ -18,7 +18,7 @@ import time
 import aiohttp
 from aiohttp import web
 
-from . import cache, config, daemon, discovery, protocol
+from . import cache, config, daemon, discovery, metrics, protocol
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,11 @@ class Relay:
             self.allow_nets = [ipaddress.ip_network(n, strict=False) for n in cfg.relay.allow]
         except ValueError as e:
             raise config.ConfigError(f"{config_path}: /relay/allow: {e}") from None
+        try:
+            self.metrics_nets = [ipaddress.ip_network(n, strict=False) for n in cfg.relay.metrics_allow]
+        except ValueError as e:
+            raise config.ConfigError(f"{config_path}: /relay/metrics_allow: {e}") from None
+        self.metrics = metrics.RelayMetrics(self)
         self.mdns = None
         self.watch = None
         self._runner = None
@@ -224,6 +229,7 @@ class Relay:
 
     def _refuse(self, request, status, reason):
         self.refused += 1
+        self.metrics.refusal(reason)
         self.log_once.warning(("refused", request.remote), "refused %s %s from %s: %s", request.method,
                               request.path[:200], request.remote, reason)
         return web.Response(status=status, text=reason + "\n")
@@ -233,6 +239,8 @@ class Relay:
         """Runs before routing decisions count: CONNECT and odd targets never reach a handler."""
         if request.method == "CONNECT":
             return self._refuse(request, 405, "CONNECT is not allowed: this is not an open proxy")
+        if request.method == "GET" and str(request.message.path) == "/metrics":
+            return self._metrics(request)
         if self.secret is None:
             return self._refuse(request, 503, "relay not joined to a cluster yet (no cluster secret)")
         if not await self._peer_allowed(request.remote or ""):
@@ -243,7 +251,19 @@ class Relay:
                                       "cluster": protocol.secret_fingerprint(self.secret)})
         return await handler(request)
 
+    def _metrics(self, request):
+        """Prometheus metrics: this host and relay.metrics_allow only (not the workers, not relay.allow)."""
+        ip = request.remote or ""
+        try:
+            allowed = ip in LOOPBACK or any(ipaddress.ip_address(ip) in net for net in self.metrics_nets)
+        except ValueError:
+            allowed = False
+        if not allowed:
+            return self._refuse(request, 403, f"{ip} may not read the metrics (relay.metrics_allow adds networks)")
+        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE})
+
     async def handle(self, request):
+        started = time.monotonic()
         target, refusal = route(request.message.path if isinstance(request.message.path, str)
                                 else str(request.message.path), self.secret)
         if refusal:
@@ -268,6 +288,7 @@ class Relay:
                                                allow_redirects=False,
                                                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"))
                     async with up_ctx as up:
+                        self.metrics.forwarded(up.status, time.monotonic() - started)
                         resp = web.StreamResponse(status=up.status, reason=up.reason)
                         for k, v in up.headers.items():
                             if k.lower() not in HOP_BY_HOP:
@@ -291,6 +312,7 @@ class Relay:
                 logger.warning("PMS connection broke while relaying %s: %s", request.path[:200], e)
                 raise   # the client sees the stream end early, as it would talking to PMS directly
             self.log_once.warning(("upstream",), "PMS at %s unreachable: %s", self.cfg.plex_url, e)
+            self.metrics.forwarded(None)
             return web.Response(status=502, text=f"PMS unreachable at {self.cfg.plex_url}\n")
         finally:
             self.notifier.status(self.status_line())

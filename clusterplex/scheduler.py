@@ -52,6 +52,11 @@ def effective_cpu(worker, now):
     return min(100.0, worker.cpu_load + fresh * 100.0 / max(1, worker.cpus))
 
 
+def rank(worker, now):
+    """``LOAD_RANK``'s score: benchmark x free CPU x weight (higher is better)."""
+    return worker.benchmark * (100.0 - effective_cpu(worker, now)) * worker.weight
+
+
 def _rotated(workers, last_key):
     """Workers sorted by key, starting just after ``last_key``."""
     ordered = sorted(workers, key=lambda w: w.key)
@@ -71,7 +76,7 @@ def _by_strategy(strategy, ordered, now):
     if strategy == "LOAD_CPU":
         return min(ordered, key=lambda w: effective_cpu(w, now) / w.weight)
     if strategy == "LOAD_RANK":
-        return max(ordered, key=lambda w: w.benchmark * (100.0 - effective_cpu(w, now)) * w.weight)
+        return max(ordered, key=lambda w: rank(w, now))
     raise ValueError(f"unknown strategy {strategy!r}")
 
 

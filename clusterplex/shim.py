@@ -73,7 +73,8 @@ class Remote:
         hs.on_welcome(self._recv())
         self.ws.settimeout(RECV_TIMEOUT)
         if first:
-            self.ws.send_text(protocol.encode({"type": "submit", "job": self.job}))
+            # mode: the orchestrator counts the runs that fall back to Plex's transcoder here
+            self.ws.send_text(protocol.encode({"type": "submit", "job": self.job, "mode": self.cfg.mode}))
             self.submitted = True
         else:
             self.ws.send_text(protocol.encode({"type": "attach", "job_id": self.job_id}))

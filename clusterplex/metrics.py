@@ -1,0 +1,322 @@
+"""Prometheus metrics of the orchestrator and the relay, in one place.
+
+Each daemon object owns its own ``CollectorRegistry`` (never the library's
+global one), so several daemons or tests in one process do not clash.
+Counters and histograms are plain numbers updated by the daemons' event
+handlers; gauges are read from the daemon's state when Prometheus scrapes.
+
+ClusterPlex's own names are kept, so its Grafana dashboard works unchanged:
+``jobs_posted``, ``jobs_completed``, ``jobs_succeeded``, ``jobs_failed``,
+``jobs_killed`` (counters exposed under exactly these names, as ClusterPlex's
+Node.js exporter did: prometheus_client would add ``_total``),
+``job_posters_active``, ``workers_active`` and ``worker_load_cpu``,
+``worker_load_tasks``, ``worker_load_ops``, ``worker_load_rank`` (label
+``worker_name``). Everything new is under ``clusterplex_``; see
+docs/operators.md for the list.
+"""
+
+import time
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
+
+from . import __version__, registry, scheduler
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# How jobs end up (clusterplex_jobs_total{outcome}). A job counts once in remote_ok,
+# remote_failed, cancelled or no_worker; fell_back_local, forced_local and resumed are
+# counted as they happen (a job without a worker that Plex then runs locally counts in
+# no_worker and in fell_back_local).
+REMOTE_OK = "remote_ok"
+REMOTE_FAILED = "remote_failed"
+CANCELLED = "cancelled"
+NO_WORKER = "no_worker"
+FELL_BACK_LOCAL = "fell_back_local"
+FORCED_LOCAL = "forced_local"
+RESUMED = "resumed"
+OUTCOMES = (REMOTE_OK, REMOTE_FAILED, CANCELLED, NO_WORKER, FELL_BACK_LOCAL, FORCED_LOCAL, RESUMED)
+
+LEGACY_COUNTERS = (
+    ("jobs_posted", "Jobs Posted"),
+    ("jobs_completed", "Jobs Completed"),
+    ("jobs_succeeded", "Jobs Succeeded"),
+    ("jobs_failed", "Jobs Failed"),
+    ("jobs_killed", "Jobs Killed"),
+)
+
+DISPATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0)
+RELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0)
+
+WORKER_STATES = (registry.CONNECTING, registry.READY, registry.NOT_READY, registry.DRAINING, registry.OFFLINE)
+CODEC_STATES = ("idle", "downloading", "ready", "error")
+JOB_STATES = ("pending", "assigned", "running")
+RELAY_REFUSALS = (          # clusterplex_relay_refused_total{reason}: reason text -> label
+    ("read the metrics", "metrics_peer"),
+    ("CONNECT", "method"),
+    ("not joined", "not_joined"),
+    ("not a known worker", "peer"),
+    ("capability", "capability"),
+    ("request targets", "target"),
+    ("path", "path"),
+)
+
+
+class Histogram:
+    """Bucket counts and a sum (pure); ``buckets()`` in the exposition's cumulative form."""
+
+    def __init__(self, bounds):
+        self.bounds = tuple(sorted(bounds))
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value):
+        value = max(0.0, float(value))
+        for i, bound in enumerate(self.bounds):
+            if value <= bound:
+                break
+        else:
+            i = len(self.bounds)
+        self.counts[i] += 1
+        self.sum += value
+        self.count += 1
+
+    def buckets(self):
+        out, total = [], 0
+        for bound, n in zip(self.bounds + (float("inf"),), self.counts):
+            total += n
+            out.append((floatToGoString(bound), total))
+        return out
+
+
+def _histogram_family(name, doc, hists, labelnames=()):
+    fam = HistogramMetricFamily(name, doc, labels=list(labelnames))
+    for labels, h in sorted(hists.items()):
+        fam.add_metric(list(labels), h.buckets(), h.sum)
+    return fam
+
+
+def _counter_family(name, doc, counts, labelname):
+    fam = CounterMetricFamily(name, doc, labels=[labelname])
+    for label, n in sorted(counts.items()):
+        fam.add_metric([label], n)
+    return fam
+
+
+def relay_refusal_label(reason):
+    for needle, label in RELAY_REFUSALS:
+        if needle in reason:
+            return label
+    return "other"
+
+
+def worker_names(workers):
+    """``{worker key: label}``: the worker's name, made unique with its address if two share it."""
+    names = {}
+    seen = {}
+    for w in workers:
+        name = w.name or w.address_str
+        seen[name] = seen.get(name, 0) + 1
+        names[w.key] = name
+    for w in workers:
+        if seen[names[w.key]] > 1:
+            names[w.key] = f"{names[w.key]} ({w.address_str})"
+    return names
+
+
+def _connected(w):
+    return w.state not in (registry.CONNECTING, registry.OFFLINE)
+
+
+def _render_legacy_counters(values):
+    """ClusterPlex's counters as its Node.js exporter wrote them: no ``_total`` suffix."""
+    out = []
+    for name, doc in LEGACY_COUNTERS:
+        out.append(f"# HELP {name} {doc}\n# TYPE {name} counter\n{name} {floatToGoString(values[name])}\n")
+    return "".join(out).encode()
+
+
+class OrchestratorMetrics:
+    """The orchestrator's metrics. ``orch`` provides ``registry`` (workers), ``jobs``,
+    ``shims`` and ``queue``, read at scrape time; the event methods update the counters."""
+
+    def __init__(self, orch):
+        self.orch = orch
+        self.legacy = {name: 0 for name, _ in LEGACY_COUNTERS}
+        self.outcomes = {o: 0 for o in OUTCOMES}
+        self.refusals = {}           # worker name -> refusals
+        self.dispatch = Histogram(DISPATCH_BUCKETS)
+        self.durations = {}          # (outcome,) -> Histogram
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    # --- events ----------------------------------------------------------------
+
+    def posted(self):
+        self.legacy["jobs_posted"] += 1
+
+    def dispatched(self, seconds):
+        """Submission to transcoder started (a job's first start only)."""
+        self.dispatch.observe(seconds)
+
+    def refused(self, worker_name):
+        self.refusals[worker_name] = self.refusals.get(worker_name, 0) + 1
+
+    def outcome(self, outcome, ran_seconds=None):
+        """Count ``outcome``; a final one (remote_ok, remote_failed, cancelled, no_worker) also
+        completes the job for ClusterPlex's counters; ``ran_seconds``: time on the worker."""
+        assert outcome in OUTCOMES, outcome
+        self.outcomes[outcome] += 1
+        final = {REMOTE_OK: "jobs_succeeded", REMOTE_FAILED: "jobs_failed", NO_WORKER: "jobs_failed",
+                 CANCELLED: "jobs_killed"}.get(outcome)
+        if final is not None:
+            self.legacy["jobs_completed"] += 1
+            self.legacy[final] += 1
+        if ran_seconds is not None:
+            self.durations.setdefault((outcome,), Histogram(DURATION_BUCKETS)).observe(ran_seconds)
+
+    # --- exposition ----------------------------------------------------------------
+
+    def exposition(self):
+        return _render_legacy_counters(self.legacy) + generate_latest(self.registry)
+
+    def collect(self):
+        orch = self.orch
+        workers = list(orch.registry)
+        names = worker_names(workers)
+        connected = [w for w in workers if _connected(w)]
+
+        yield GaugeMetricFamily("job_posters_active", "Active Job Posters", value=len(orch.shims))
+        yield GaugeMetricFamily("workers_active", "Active Workers", value=len(connected))
+        legacy = (("worker_load_cpu", "Worker Load - CPU usage", lambda w, now: w.cpu_load),
+                  ("worker_load_tasks", "Worker Load - Tasks Count", lambda w, now: w.active),
+                  ("worker_load_ops", "Worker Load - CPU ops", lambda w, now: w.benchmark),
+                  ("worker_load_rank", "Worker Load - Rank", scheduler.rank))
+        now = time.monotonic()
+        for name, doc, value in legacy:
+            fam = GaugeMetricFamily(name, doc, labels=["worker_name"])
+            for w in connected:
+                fam.add_metric([names[w.key]], value(w, now))
+            yield fam
+
+        yield _counter_family("clusterplex_jobs", "Jobs by how they ended up (see docs/operators.md)",
+                              self.outcomes, "outcome")
+        yield _histogram_family("clusterplex_dispatch_latency_seconds",
+                                "Time from a shim's submission to the transcoder running on a worker",
+                                {(): self.dispatch})
+        yield _histogram_family("clusterplex_job_duration_seconds",
+                                "Time jobs ran on a worker, by outcome", self.durations, ("outcome",))
+        yield _counter_family("clusterplex_job_refusals", "Jobs a worker refused to start",
+                              self.refusals, "worker_name")
+        by_state = {s: 0 for s in JOB_STATES}
+        for job in orch.jobs.active():
+            if job.state in by_state:
+                by_state[job.state] += 1
+        fam = GaugeMetricFamily("clusterplex_jobs_active", "Jobs not finished yet, by state", labels=["state"])
+        for state, n in by_state.items():
+            fam.add_metric([state], n)
+        yield fam
+        yield GaugeMetricFamily("clusterplex_jobs_waiting", "Jobs waiting for a free worker", value=len(orch.queue))
+        yield GaugeMetricFamily("clusterplex_web_clients", "Web pages following the live updates",
+                                value=len(orch.hub.clients))
+
+        state = GaugeMetricFamily("clusterplex_worker_state", "1 for the state each worker is in",
+                                  labels=["worker_name", "state"])
+        info = GaugeMetricFamily("clusterplex_worker_info", "Worker identity and hardware (always 1)",
+                                 labels=["worker_name", "address", "source", "version", "arch", "cpu_model",
+                                         "plex_codecs"])
+        running = GaugeMetricFamily("clusterplex_worker_running_jobs", "Jobs on the worker",
+                                    labels=["worker_name"])
+        max_jobs = GaugeMetricFamily("clusterplex_worker_max_jobs", "Jobs the worker takes at once",
+                                     labels=["worker_name"])
+        cpus = GaugeMetricFamily("clusterplex_worker_cpus", "CPU threads", labels=["worker_name"])
+        bench = GaugeMetricFamily("clusterplex_worker_benchmark", "CPU benchmark score", labels=["worker_name"])
+        gpus = GaugeMetricFamily("clusterplex_worker_gpus", "GPUs found", labels=["worker_name"])
+        hw = GaugeMetricFamily("clusterplex_worker_hw_codec", "Hardware codecs the worker offers (always 1)",
+                               labels=["worker_name", "codec", "api", "direction"])
+        cstate = GaugeMetricFamily("clusterplex_worker_codecs_state",
+                                   "1 for the state of the Plex codecs a worker provisions (only workers "
+                                   "that manage codecs)", labels=["worker_name", "state"])
+        cpresent = GaugeMetricFamily("clusterplex_worker_codecs_present", "Plex codec libraries present",
+                                     labels=["worker_name"])
+        ctotal = GaugeMetricFamily("clusterplex_worker_codecs_total", "Plex codec libraries wanted",
+                                   labels=["worker_name"])
+        for w in workers:
+            n = names[w.key]
+            for s in WORKER_STATES:
+                state.add_metric([n, s], 1 if w.state == s else 0)
+            hardware = w.info.get("hardware") if isinstance(w.info.get("hardware"), dict) else {}
+            info.add_metric([n, w.address_str, w.source, str(w.info.get("version", "")),
+                             str(hardware.get("arch") or ""), str(hardware.get("model") or "")[:128],
+                             str(hardware.get("plex_codecs") or "")], 1)
+            running.add_metric([n], w.active)
+            max_jobs.add_metric([n], w.max_jobs)
+            cpus.add_metric([n], w.cpus)
+            bench.add_metric([n], w.benchmark)
+            gpus.add_metric([n], len(hardware["gpus"]) if isinstance(hardware.get("gpus"), list) else 0)
+            for cap in sorted(w.hw_codecs):
+                codec, _, rest = cap.partition(":")
+                api, _, direction = rest.partition(":")
+                hw.add_metric([n, codec, api, direction], 1)
+            codecs = w.info.get("codecs")
+            if isinstance(codecs, dict) and codecs.get("state") in CODEC_STATES:
+                for s in CODEC_STATES:
+                    cstate.add_metric([n, s], 1 if codecs["state"] == s else 0)
+                cpresent.add_metric([n], _number(codecs.get("present")))
+                ctotal.add_metric([n], _number(codecs.get("total")))
+        yield from (state, info, running, max_jobs, cpus, bench, gpus, hw, cstate, cpresent, ctotal)
+        yield _build_info("orchestrator")
+
+
+class RelayMetrics:
+    """The relay's metrics. ``relay`` provides ``secret`` and ``worker_ips``, read at scrape time."""
+
+    def __init__(self, relay):
+        self.relay = relay
+        self.requests = {}           # status class ("2xx", ..., "error") -> count
+        self.refused = {}            # refusal label -> count
+        self.latency = Histogram(RELAY_BUCKETS)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def forwarded(self, status, seconds=None):
+        """A request relayed to PMS; ``status``: PMS's HTTP status, or None when PMS was unreachable
+        or the stream broke; ``seconds``: until PMS's response headers."""
+        key = f"{status // 100}xx" if isinstance(status, int) else "error"
+        self.requests[key] = self.requests.get(key, 0) + 1
+        if seconds is not None:
+            self.latency.observe(seconds)
+
+    def refusal(self, reason):
+        label = relay_refusal_label(reason)
+        self.refused[label] = self.refused.get(label, 0) + 1
+
+    def exposition(self):
+        return generate_latest(self.registry)
+
+    def collect(self):
+        yield _counter_family("clusterplex_relay_requests", "Callbacks relayed to PMS, by PMS's status class "
+                              "(error: PMS unreachable or the stream broke)", self.requests, "code")
+        yield _counter_family("clusterplex_relay_refused", "Requests the relay refused, by reason",
+                              self.refused, "reason")
+        yield _histogram_family("clusterplex_relay_latency_seconds",
+                                "Time from a callback's arrival to PMS's response headers", {(): self.latency})
+        yield GaugeMetricFamily("clusterplex_relay_joined", "1 when the relay has the cluster secret",
+                                value=1 if self.relay.secret is not None else 0)
+        yield GaugeMetricFamily("clusterplex_relay_workers_known",
+                                "Worker addresses the relay answers (learnt from the orchestrator)",
+                                value=len(self.relay.worker_ips))
+        yield _build_info("relay")
+
+
+def _build_info(daemon):
+    fam = GaugeMetricFamily("clusterplex_build_info", "Version of this daemon (always 1)", labels=["daemon", "version"])
+    fam.add_metric([daemon, __version__], 1)
+    return fam
+
+
+def _number(value):
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
