@@ -275,3 +275,44 @@ def test_relay_unreachable_from_the_workers_namespaces(tmp_path):
         assert by(out["findings"], "orchestrator")["status"] == "ok"       # found over mDNS, authenticated
         fails = {(x["host"], x["check"]) for x in out["findings"] if x["status"] == "fail"}
         assert fails == {("worker0", "relay"), ("", "shim")}      # no Plex installed in this namespace test
+
+
+class DirectPlex(NetCluster):
+    """Relay off: the fake PMS listens on the Plex host's LAN address; pms.yaml sends the workers there."""
+
+    def wrap(self, role, cmd):
+        if role == "pms":
+            cmd = [f"{self.orch_host.addr}:0" if a == "127.0.0.1:0" else a for a in cmd]
+        return super().wrap(role, cmd)
+
+    def pms_config(self, name, mode="both", **over):
+        path = super().pms_config(name, mode=mode, **over)
+        data = json.loads(path.read_text())
+        data["relay"].update({"enabled": False, "direct_url": self.pms.url})
+        return cl.write_yaml(path, data)
+
+
+def test_relay_off_the_workers_must_be_allowed_without_auth(tmp_path):
+    why = netns.available()
+    if why:
+        pytest.fail(why)
+    plex, admin = fake_plex(tmp_path / "install")
+    with netns.Lan("dn") as lan, DirectPlex(tmp_path / "c", lan, workers=1) as c:
+        (c.media / "a.mkv").write_bytes(b"x")
+        cfg = c.pms_config("doctor", original_transcoder=str(plex / NAME) + ".distrib")
+        args = ["--role", "pms", "--config", cfg, "--plex-dir", plex, "--dpkg-admindir", admin, "--plex-user", "root",
+                "--sample", c.media / "a.mkv", "--plex-db", tmp_path / "none.db"]
+        worker_ip = c.worker_hosts[0].addr
+        prefs = preferences(tmp_path / "Preferences.xml", c.transcode_root, allowedNetworks="10.0.0.0/8")
+        code, out = doctor_json(*args, "--plex-preferences", prefs, wrap=c.orch_host.exec)
+        f = by(out["findings"], "allowed-networks")
+        assert code == 1 and f["status"] == "fail"
+        assert f["message"].startswith(f"relay.enabled is false, but Plex does not allow {worker_ip} without auth "
+                                       f"(allowedNetworks: 10.0.0.0/8)")
+        assert "allowed without auth" in f["fix"]
+        relay = by(out["findings"], "relay", "worker0")
+        assert relay["status"] == "ok" and relay["message"] == f"reaches Plex directly (relay disabled) at {c.pms.url}."
+        prefs = preferences(tmp_path / "Preferences.xml", c.transcode_root,
+                            allowedNetworks="10.0.0.0/8,198.51.100.0/24")
+        code, out = doctor_json(*args, "--plex-preferences", prefs, wrap=c.orch_host.exec)
+        assert code == 0 and {f["status"] for f in out["findings"]} == {"ok"}, out["findings"]

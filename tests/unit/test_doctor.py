@@ -112,7 +112,8 @@ def test_shim_failures(kw, says, fix):
 
 def test_transcode_dir_against_transcode_root():
     ok = doctor.check_worker_transcode_dir("w", "/transcode", "src", {"root": "/transcode", "mapped": "/transcode"})
-    assert ok["status"] == "ok" and ok["message"] == "Plex's transcode directory /transcode is transcode_root /transcode."
+    assert ok["status"] == "ok"
+    assert ok["message"] == "Plex's transcode directory /transcode is transcode_root /transcode."
     mapped = doctor.check_worker_transcode_dir("w", "/transcode", "src", {"root": "/mnt/t", "mapped": "/mnt/t/plex"})
     assert mapped["status"] == "ok" and "is /mnt/t/plex here, inside transcode_root /mnt/t" in mapped["message"]
     bad = doctor.check_worker_transcode_dir("w", "/var/lib/x/Cache", "default", {"root": "/transcode",
