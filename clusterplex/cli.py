@@ -335,6 +335,23 @@ def job_rows(jobs):
              "-" if j["progress"] is None else f"{j['progress']:.1f}%", job_reason(j)) for j in jobs]
 
 
+RECENT_SHOWN = 5
+RECENT_COLUMNS = ("time", "what", "job", "session", "worker", "reason")
+RECENT_KINDS = {"no_worker": "no worker", "remote_failed": "failed", "refused": "refused",
+                "fell_back_local": "ran locally", "resumed": "resumed"}
+
+
+def recent_json(r):
+    """One entry of ``/api/v1/recent`` (failures, refusals, fallbacks to local), documented shape."""
+    return {k: r.get(k) for k in ("time", "kind", "job", "session", "worker", "reason")}
+
+
+def recent_rows(recent, localtime=time.localtime):
+    return [(time.strftime("%H:%M:%S", localtime(r["time"])) if isinstance(r["time"], (int, float)) else "-",
+             RECENT_KINDS.get(r["kind"], r["kind"] or "-"), (r["job"] or "-")[:8], r["session"] or "-",
+             r["worker"] or "-", r["reason"] or "") for r in recent]
+
+
 def worker_notes(workers):
     """``  worker1: codecs 3/310`` for each worker that is not ready, with its reason."""
     return [f"  {w['name']}: {w['reason']}" for w in sorted(workers, key=lambda w: w["name"]) if w["reason"]]
@@ -361,6 +378,12 @@ def cmd_status(opts):
         target, (health, workers, jobs) = _fetch(opts, "/health", "/api/v1/workers", "/api/v1/jobs")
     except (Unreachable, Refused) as e:
         return _fail(opts, e)
+    try:
+        recent = [recent_json(r) for r in target.get("/api/v1/recent", opts.timeout)[:RECENT_SHOWN]]
+    except Refused:              # an orchestrator from before /api/v1/recent
+        recent = None
+    except Unreachable as e:
+        return _fail(opts, e)
     workers = sorted((worker_json(w) for w in workers), key=lambda w: w["name"])
     jobs = [job_json(j) for j in jobs]
     active = [j for j in jobs if j["state"] in ACTIVE_JOB_STATES]
@@ -368,7 +391,7 @@ def cmd_status(opts):
         _emit_json({"orchestrator": {"url": target.url, "version": health.get("version", ""),
                                      "workers_ready": health.get("workers_ready"), "workers": health.get("workers"),
                                      "jobs_active": health.get("jobs_active")},
-                    "workers": workers, "jobs": active})
+                    "workers": workers, "jobs": active, "recent": recent})
         return 0
     ready = sum(1 for w in workers if w["state"] == "ready")
     print(f"Orchestrator {target.url} (version {health.get('version') or '?'}): {ready} of {len(workers)} "
@@ -378,10 +401,14 @@ def cmd_status(opts):
         print(line)
     print(f"\nRunning jobs: {len(active)}")
     print(_table(job_rows(active), JOB_COLUMNS))
-    failed = [j for j in jobs if j["state"] == "failed"][:5]
-    if failed:
-        print("\nRecent failures:")
-        print(_table(job_rows(failed), JOB_COLUMNS))
+    if recent:
+        print("\nRecent failures and fallbacks to local:")
+        print(_table(recent_rows(recent), RECENT_COLUMNS))
+    elif recent is None:
+        failed = [j for j in jobs if j["state"] == "failed"][:RECENT_SHOWN]
+        if failed:
+            print("\nRecent failures:")
+            print(_table(job_rows(failed), JOB_COLUMNS))
     return 0
 
 

@@ -100,6 +100,29 @@ def test_status_and_jobs_show_a_running_job(cluster):
         end(shim)
 
 
+def test_status_shows_recent_failures_and_fallbacks_to_local(cluster):
+    key, uid = "e" + uuid.uuid4().hex[:8], str(uuid.uuid4())
+    sdir = cluster.session_dir(key, uid)
+    media = cluster.media / "eae.mkv"
+    media.write_bytes(b"x")
+    # EasyAudioEncoder, which no worker here runs: no worker can take it, the shim (mode both) runs it locally
+    argv = ["-codec:1", "eac3_eae", "-x_test_exit", "0", "-i", str(media), "-progressurl",
+            f"http://127.0.0.1:32400/video/:/transcode/session/{key}/{uid}/progress", "out.ts"]
+    shim = cluster.shim(argv, sdir, mode="both")
+    out, err = shim.communicate(timeout=60)
+    assert shim.returncode == 0 and b"running locally" in err, err
+    r = clusterplex("status", "--orchestrator", cluster.orchestrator.url)
+    assert r.returncode == 0, r.stderr
+    recent = r.stdout.split("Recent failures and fallbacks to local:\n", 1)[1].splitlines()
+    assert recent[0].split() == ["TIME", "WHAT", "JOB", "SESSION", "WORKER", "REASON"]
+    mine = [line for line in recent if f"{key}/{uid}" in line]
+    assert any(" ran locally " in line and "Plex's own transcoder" in line for line in mine), recent
+    assert any(" no worker " in line for line in mine), recent
+    doc = json.loads(clusterplex("status", "--json", "--orchestrator", cluster.orchestrator.url).stdout)
+    kinds = {e["kind"] for e in doc["recent"] if e["session"] == f"{key}/{uid}"}
+    assert kinds == {"no_worker", "fell_back_local"}
+
+
 def test_drain_wait_shows_the_jobs_left_until_the_worker_is_idle(tmp_path):
     with cl.Cluster(tmp_path, workers=2) as c:
         shim, session = held_job(c)

@@ -152,3 +152,12 @@ def test_every_command_parses(argv):
     parser, _ = cli.build_parser()
     o = parser.parse_args(argv)
     assert callable(o.func)
+
+
+def test_recent_failures_and_fallbacks():
+    entry = {"seq": 3, "time": 0.0, "kind": "fell_back_local", "job": "0123456789abcdef", "session": "k/u",
+             "worker": "", "reason": "no worker can take it: worker1 is full (2/2)"}
+    r = cli.recent_json(entry)
+    assert set(r) == {"time", "kind", "job", "session", "worker", "reason"}
+    assert cli.recent_rows([r], localtime=__import__("time").gmtime) == [
+        ("00:00:00", "ran locally", "01234567", "k/u", "-", "no worker can take it: worker1 is full (2/2)")]
