@@ -152,6 +152,7 @@ class Orchestrator:
         app.router.add_get("/metrics", self.api_metrics)
         for path in WEB_FILES:
             app.router.add_get(path, self.web_file)
+        app.router.add_get("/favicon.ico", self.web_file)
         host, port = self.cfg.listen
         self._runner, self.listen_address = await daemon.serve(app, host, port, "shims and the API")
         for host, port in self.cfg.workers:
@@ -687,6 +688,8 @@ class Orchestrator:
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
     async def web_file(self, request):
+        if request.path not in WEB_FILES:
+            return web.Response(status=204, headers=WEB_HEADERS)       # no icon (browsers ask anyway)
         name, kind = WEB_FILES[request.path]
         try:
             body = (WEB_DIR / name).read_bytes()
