@@ -701,7 +701,8 @@ def run_pms(opts):
                                                        f"{why}; Plex's transcode directory is not checked.",
                                 "run as root (sudo clusterplex doctor) or pass --plex-preferences"))
     if plex_dir:
-        problem = rw_test(plex_dir) if os.path.isdir(plex_dir) else "does not exist here"
+        problem, who = rw_test_as(plex_dir, opts.plex_user)       # Plex writes there as its user
+        problem = f"{problem} (checked as {who})" if problem else ""
         if opts.transcode_root and not same_dir(plex_dir, opts.transcode_root):
             findings.append(finding("transcode-dir", FAIL, f"Plex writes transcodes to {plex_dir} ({source}), not "
                                                            f"to the shared transcode root {opts.transcode_root}.",
@@ -710,7 +711,7 @@ def run_pms(opts):
         elif problem:
             findings.append(finding("transcode-dir", FAIL, f"Plex's transcode directory {plex_dir} ({source}): "
                                                            f"{problem}.",
-                                    "mount the shared transcode directory there, writable by plex"))
+                                    f"mount the shared transcode directory there, writable by {opts.plex_user}"))
         else:
             findings.append(finding("transcode-dir", OK, f"Plex writes transcodes to {plex_dir} ({source})."))
 

@@ -144,7 +144,10 @@ def test_wrong_transcode_path(setup):
     code, out = doctor_json(*setup["base"], "--plex-preferences", prefs, "--sample", c.media / "Movie (2021).mkv")
     f = by(out["findings"], "transcode-path", "worker0")
     assert code == 1 and f["status"] == "fail" and f"to {support}/Cache (Plex's default" in f["message"]
-    assert by(out["findings"], "transcode-dir")["status"] == "fail"       # and it does not exist here
+    f = by(out["findings"], "transcode-dir")          # and it does not exist here
+    assert f["status"] == "fail" and f["message"].startswith(
+        f"Plex's transcode directory {support}/Cache (Plex's default: TranscoderTempDirectory is not set in {prefs}): "
+        f"does not exist (the nearest existing directory is {support}: shared directory not mounted?) (checked as ")
     # the shared root given on the command line: Plex's setting is compared with it directly
     prefs = preferences(tmp / "Preferences.xml", elsewhere)
     code, out = doctor_json(*setup["base"], "--plex-preferences", prefs, "--transcode-root", c.transcode_root)
