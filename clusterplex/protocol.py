@@ -18,7 +18,7 @@ Roles are bound into the MAC, so a proof cannot be reflected to another role.
 
 Messages after the handshake (``job`` objects are checked by ``check_job``)::
 
-    shim -> orchestrator     submit {job}            cancel {}
+    shim -> orchestrator     submit {job, mode}      cancel {}
     orchestrator -> shim     assigned {worker, address}   started {worker, pid}
                              out {fd, data}   exit {code, signal?}
                              failed {reason, started: bool, fallback: bool}
