@@ -65,19 +65,36 @@ def by(findings, check, host=""):
     return f
 
 
+class ShareNotMountedOnWorker1(cl.Cluster):
+    """worker1 runs in a mount namespace of its own where ``share`` is an empty mount point: the
+    media share as a worker sees it when it is not mounted (the directory is there, the files not)."""
+
+    def __init__(self, root, share, **kw):
+        self.share = share
+        super().__init__(root, **kw)
+
+    def wrap(self, role, cmd):
+        if role != "worker1":
+            return cmd
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-ec",
+                'mount -t tmpfs -o mode=0755 none "$0"; exec "$@"', str(self.share)] + cmd
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """One loopback cluster; worker1 maps the NAS path to where its mount should be (and is not)."""
+    """One loopback cluster; on worker1 the media share is not mounted, and a NAS path maps to where
+    its mount should be (and is not)."""
     tmp = tmp_path_factory.mktemp("doctor")
-    nas = tmp / "nas"
-    nas.mkdir()
-    (nas / "Movie (2020).mkv").write_bytes(b"\x1aE\xdf\xa3" + b"\0" * 60)
+    nas, share = tmp / "nas", tmp / "share"
+    for d in (nas, share):
+        d.mkdir()
+        (d / "Movie (2020).mkv").write_bytes(b"\x1aE\xdf\xa3" + b"\0" * 60)
     over = {1: {"path_map": [{"from": str(nas), "to": str(tmp / "mnt" / "nas")}]}}
     plex, admin = fake_plex(tmp / "install")
-    with cl.Cluster(tmp / "c", workers=2, worker_overrides=over) as c:
+    with ShareNotMountedOnWorker1(tmp / "c", share, workers=2, worker_overrides=over) as c:
         (c.media / "Movie (2021).mkv").write_bytes(b"\x1aE\xdf\xa3" + b"\0" * 60)
         cfg = c.pms_config("doctor", original_transcoder=str(plex / NAME) + ".distrib")
-        s = {"c": c, "tmp": tmp, "nas": nas, "cfg": cfg}
+        s = {"c": c, "tmp": tmp, "nas": nas, "share": share, "cfg": cfg}
         s["base"] = pms_args(s, plex, admin)
         yield s
 
@@ -111,6 +128,19 @@ def test_healthy_cluster_all_checks_ok(setup):
 
 
 def test_share_not_mounted_on_one_worker(setup):
+    c, tmp, share = setup["c"], setup["tmp"], setup["share"]
+    prefs = preferences(tmp / "Preferences.xml", c.transcode_root)
+    code, out = doctor_json(*setup["base"], "--plex-preferences", prefs, "--sample", share / "Movie (2020).mkv")
+    assert code == 1
+    f = by(out["findings"], "media", "worker1")
+    assert f["status"] == "fail"
+    assert f["message"] == (f"cannot see the media: {share}/Movie (2020).mkv: not found (the nearest existing "
+                            f"directory is {share}: share not mounted, or mounted elsewhere?).")
+    assert by(out["findings"], "media", "worker0")["status"] == "ok"
+    assert [(x["host"], x["check"]) for x in out["findings"] if x["status"] != "ok"] == [("worker1", "media")]
+
+
+def test_share_mounted_elsewhere_on_one_worker(setup):
     c, tmp, nas = setup["c"], setup["tmp"], setup["nas"]
     prefs = preferences(tmp / "Preferences.xml", c.transcode_root)
     r = doctor(*setup["base"], "--plex-preferences", prefs, "--sample", nas / "Movie (2020).mkv")
