@@ -329,6 +329,7 @@ PMS = Section({
         "restrict_to_workers": Bool(True),
         "allow": List(Str(pattern=r"[0-9a-fA-F:./]+")),
         "metrics_allow": List(Str(pattern=r"[0-9a-fA-F:./]+")),
+        "events_socket": Path("/run/clusterplex/shim-events.sock", allow_empty=True),
         "enabled": Bool(True),
         "direct_url": Url("", allow_empty=True),
     }),

@@ -25,10 +25,12 @@ from . import __version__, registry, scheduler
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-# How jobs end up (clusterplex_jobs_total{outcome}). A job counts once in remote_ok,
-# remote_failed, cancelled or no_worker; fell_back_local, forced_local and resumed are
-# counted as they happen (a job without a worker that Plex then runs locally counts in
-# no_worker and in fell_back_local).
+# How jobs end up (clusterplex_jobs_total{outcome}). The orchestrator counts a job once in
+# remote_ok, remote_failed, cancelled or no_worker, and resumed and fell_back_local as they
+# happen (a job without a worker that Plex then runs locally counts in no_worker and in
+# fell_back_local). The relay counts, with a ``why`` label, what the shim on its host runs
+# locally without the orchestrator knowing: forced_local (mode local, detection passes,
+# local_rules) and fell_back_local when the cluster was unreachable. Sum both by outcome.
 REMOTE_OK = "remote_ok"
 REMOTE_FAILED = "remote_failed"
 CANCELLED = "cancelled"
@@ -36,7 +38,8 @@ NO_WORKER = "no_worker"
 FELL_BACK_LOCAL = "fell_back_local"
 FORCED_LOCAL = "forced_local"
 RESUMED = "resumed"
-OUTCOMES = (REMOTE_OK, REMOTE_FAILED, CANCELLED, NO_WORKER, FELL_BACK_LOCAL, FORCED_LOCAL, RESUMED)
+OUTCOMES = (REMOTE_OK, REMOTE_FAILED, CANCELLED, NO_WORKER, FELL_BACK_LOCAL, RESUMED)
+SHIM_EVENTS = {FORCED_LOCAL: ("mode_local", "detection", "local_rules"), FELL_BACK_LOCAL: ("cluster_unreachable",)}
 
 LEGACY_COUNTERS = (
     ("jobs_posted", "Jobs Posted"),
@@ -279,6 +282,7 @@ class RelayMetrics:
         self.requests = {}           # status class ("2xx", ..., "error") -> count
         self.refused = {}            # refusal label -> count
         self.latency = Histogram(RELAY_BUCKETS)
+        self.local = {(o, why): 0 for o, whys in SHIM_EVENTS.items() for why in whys}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -294,6 +298,17 @@ class RelayMetrics:
         label = relay_refusal_label(reason)
         self.refused[label] = self.refused.get(label, 0) + 1
 
+    def shim_event(self, data):
+        """A datagram from the shim (``b"forced_local detection"``); False if it is not one."""
+        try:
+            outcome, why = data.decode("ascii").split(" ")
+        except (UnicodeDecodeError, ValueError):
+            return False
+        if why not in SHIM_EVENTS.get(outcome, ()):
+            return False
+        self.local[(outcome, why)] += 1
+        return True
+
     def exposition(self):
         return generate_latest(self.registry)
 
@@ -302,6 +317,11 @@ class RelayMetrics:
                               "(error: PMS unreachable or the stream broke)", self.requests, "code")
         yield _counter_family("clusterplex_relay_refused", "Requests the relay refused, by reason",
                               self.refused, "reason")
+        fam = CounterMetricFamily("clusterplex_jobs", "Plays the shim on this host ran with Plex's own "
+                                  "transcoder without the orchestrator knowing", labels=["outcome", "why"])
+        for (outcome, why), n in sorted(self.local.items()):
+            fam.add_metric([outcome, why], n)
+        yield fam
         yield _histogram_family("clusterplex_relay_latency_seconds",
                                 "Time from a callback's arrival to PMS's response headers", {(): self.latency})
         yield GaugeMetricFamily("clusterplex_relay_joined", "1 when the relay has the cluster secret",

@@ -13,6 +13,8 @@ import ipaddress
 import logging
 import os
 import re
+import socket
+import stat
 import time
 
 import aiohttp
@@ -82,6 +84,8 @@ class Relay:
         except ValueError as e:
             raise config.ConfigError(f"{config_path}: /relay/metrics_allow: {e}") from None
         self.metrics = metrics.RelayMetrics(self)
+        self._events = None          # datagram transport: the shim's local runs
+        self._events_inode = None
         self.mdns = None
         self.watch = None
         self._runner = None
@@ -116,6 +120,7 @@ class Relay:
         host, port = self.cfg.relay.listen
         if self.cfg.relay.enabled:
             self._runner, self.listen_address = await daemon.serve(app, host, port, "the relay")
+            await self._open_events()
         else:   # relay.enabled false: workers call PMS at relay.direct_url; we only find the orchestrator
             logger.info("relay off (relay.enabled: false): workers call PMS at %s directly", self.cfg.relay.direct_url)
         if self.cfg.relay.restrict_to_workers and self.cfg.relay.enabled:
@@ -214,10 +219,42 @@ class Relay:
             line += f"; orchestrator {self.orchestrator[1] if self.orchestrator else 'not found yet'}"
         return line
 
+    async def _open_events(self):
+        """The socket the shim sends its local runs to (counted in the metrics; never fatal)."""
+        path = self.cfg.relay.events_socket
+        if not path:
+            return
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)              # left over from a previous run
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            logger.warning("relay.events_socket %s: %s; local runs are not counted", path, e)
+            return
+        try:
+            self._events, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: _ShimEvents(self), local_addr=path, family=socket.AF_UNIX)
+            self._events_inode = os.lstat(path).st_ino
+        except OSError as e:
+            logger.warning("cannot listen on relay.events_socket %s: %s; local runs are not counted", path, e)
+
+    def shim_event(self, data):
+        if not self.metrics.shim_event(data):
+            self.log_once.warning(("shim-event",), "ignoring a malformed event on %s: %r",
+                                  self.cfg.relay.events_socket, data[:100])
+
     async def shutdown(self):
         for task in (self._secret_task, self._workers_task):
             if task is not None:
                 task.cancel()
+        if self._events is not None:
+            self._events.close()
+            try:
+                if os.lstat(self.cfg.relay.events_socket).st_ino == self._events_inode:
+                    os.unlink(self.cfg.relay.events_socket)     # ours, not a newer relay's
+            except OSError:
+                pass
         if self.watch is not None:
             await self.watch.close()
         if self.mdns is not None:
@@ -316,6 +353,14 @@ class Relay:
             return web.Response(status=502, text=f"PMS unreachable at {self.cfg.plex_url}\n")
         finally:
             self.notifier.status(self.status_line())
+
+
+class _ShimEvents(asyncio.DatagramProtocol):
+    def __init__(self, relay):
+        self.relay = relay
+
+    def datagram_received(self, data, addr):
+        self.relay.shim_event(data)
 
 
 def main(argv=None):

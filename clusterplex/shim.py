@@ -183,10 +183,12 @@ def run(argv, environ=None, cwd=None):
         # A worker ran us as its transcoder: forwarding again would loop.
         return exec_local(original, argv, "started by a ClusterPlex worker; not forwarding again")
     if cfg.mode == "local":
+        tell_relay(cfg, "forced_local mode_local")
         return exec_local(original, argv, None)
     cwd = cwd or os.getcwd()
     why = policy.must_run_local(argv, cwd, cfg.local_rules)
     if why:
+        tell_relay(cfg, "forced_local " + ("local_rules" if why.startswith("local_rules[") else "detection"))
         return exec_local(original, argv, why)
     try:
         secret = config.load_secret(cfg.secret_file)
@@ -223,9 +225,11 @@ def run(argv, environ=None, cwd=None):
             os.kill(os.getpid(), sig)
         return code
     _, reason, fallback_ok = outcome
+    # The orchestrator told us why: it counted this run already.
     if fallback_ok == "resume":
-        return fail_or_fallback(cfg, resumed(argv, cwd), reason + "; continuing from the last segment", True)
-    return fail_or_fallback(cfg, argv, reason, fallback_ok)
+        return fail_or_fallback(cfg, resumed(argv, cwd), reason + "; continuing from the last segment", True,
+                                counted=True)
+    return fail_or_fallback(cfg, argv, reason, fallback_ok, counted=True)
 
 
 def resumed(argv, cwd):
@@ -238,8 +242,23 @@ def resumed(argv, cwd):
     return plan.argv if plan.argv is not None else argv
 
 
-def fail_or_fallback(cfg, argv, reason, fallback_ok):
+def tell_relay(cfg, event):
+    """Let clusterplex-relay count a play that runs here without the orchestrator knowing (its
+    metrics): one datagram to a local socket, never waiting; nobody listening is fine."""
+    if not cfg.relay.events_socket:
+        return
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.setblocking(False)
+            s.sendto(event.encode(), cfg.relay.events_socket)
+    except OSError:
+        pass
+
+
+def fail_or_fallback(cfg, argv, reason, fallback_ok, counted=False):
     if cfg.mode == "both" and fallback_ok:
+        if not counted:
+            tell_relay(cfg, "fell_back_local cluster_unreachable")
         return exec_local(cfg.original_transcoder, argv, reason)
     say(f"remote transcode failed: {reason}")
     return EX_REMOTE_FAILED

@@ -311,6 +311,8 @@ class Cluster:
         if self.relay is not None:
             cfg["relay"]["advertise"] = self.relay.url
         cfg.update(over)
+        # this cluster's own socket for the shim's local-run events (never the system's /run/clusterplex)
+        cfg["relay"] = {"events_socket": str(self.root / "shim-events.sock"), **cfg["relay"]}
         return write_yaml(self.root / f"pms-{name}.yaml", cfg)
 
     def wait_workers_ready(self, n, timeout=20):

@@ -199,7 +199,8 @@ def test_relay_metrics_count_relayed_and_refused_requests(c):
 def test_relay_metrics_only_for_this_host_and_metrics_allow(c, tmp_path):
     status, _, text = scrape_text(c.relay.url, source="127.0.0.2")      # a stranger on the LAN
     assert status == 403 and "relay.metrics_allow" in text
-    cfg = c.pms_config("relay-metrics", relay={"listen": "127.0.0.1:0", "metrics_allow": ["127.0.0.2/32"]})
+    cfg = c.pms_config("relay-metrics", relay={"listen": "127.0.0.1:0", "metrics_allow": ["127.0.0.2/32"],
+                                                           "events_socket": ""})
     d = cl.Daemon("relay-metrics", cl.command("clusterplex-relay") + ["--config", str(cfg)], tmp_path).start()
     try:
         url = d.url
@@ -366,3 +367,32 @@ def test_orchestrator_stops_promptly_with_a_live_client(tmp_path):
         assert c.orchestrator.proc.wait(10) == 0
     finally:
         c.stop()
+
+
+def test_the_relay_counts_plays_the_shim_runs_locally_on_its_own(c):
+    before = scrape(c.relay.url)
+    inp = media(c)
+    # mode local; a detection pass (always local); a configured local rule; the cluster unreachable (mode both)
+    runs = [(dict(mode="local"), "sess"),
+            (dict(), "PlexCreditsDetection"),
+            (dict(local_rules=[{"argv_contains": "eac3_eae"}]), "sess"),
+            (dict(orchestrator="http://127.0.0.1:9"), "sess")]
+    for over, cwd_name in runs:
+        cwd = c.root / cwd_name
+        cwd.mkdir(exist_ok=True)
+        argv = ["-x_test_exit", "0", "-i", inp, "-codec:1", "eac3_eae", "out.ts"]
+        p = c.shim(argv, cwd, **({"mode": "both"} | over))
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    # garbage on the socket changes nothing and hurts nobody
+    import socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(b"forced_local \xff\x00 nonsense", str(c.root / "shim-events.sock"))
+    after = scrape(c.relay.url)
+
+    def delta(outcome, why):
+        key = ("clusterplex_jobs_total", (("outcome", outcome), ("why", why)))
+        return after.get(key, 0) - before.get(key, 0)
+    assert [delta("forced_local", "mode_local"), delta("forced_local", "detection"),
+            delta("forced_local", "local_rules"), delta("fell_back_local", "cluster_unreachable")] == [1, 1, 1, 1]
+    assert "ignoring a malformed event" in c.relay.log() and "Traceback" not in c.relay.log()

@@ -66,7 +66,7 @@ def test_outcomes_map_onto_clusterplex_counters():
     s = samples(m.exposition().decode())
     assert s[("clusterplex_jobs_total", (("outcome", "fell_back_local"),))] == 1
     assert s[("clusterplex_jobs_total", (("outcome", "resumed"),))] == 1
-    assert s[("clusterplex_jobs_total", (("outcome", "forced_local"),))] == 0
+    assert ("clusterplex_jobs_total", (("outcome", "forced_local"),)) not in s       # the relay counts those
     with pytest.raises(AssertionError):
         m.outcome("made_up")
 
