@@ -43,6 +43,7 @@ class Job:
         self.decision = ""          # why the current worker was chosen
         self.restarts = 0           # times moved to another worker after losing one
         self.adopted = False        # learnt from a worker after an orchestrator restart
+        self.progress = None        # percent, as the transcoder last told PMS (through the relay)
 
     @property
     def final(self):
@@ -111,6 +112,7 @@ class Job:
             "decision": self.decision,
             "needs": self.needs.describe() if self.needs is not None else "",
             "restarts": self.restarts,
+            "progress": self.progress,
             "age_seconds": round(end - self.created, 3),
             "running_seconds": round(end - self.started_at, 3) if self.started_at is not None else None,
         }

@@ -149,6 +149,7 @@ class Orchestrator:
         app.router.add_post("/api/v1/workers/{name}/{action:drain|resume}", self.api_drain)
         app.router.add_get("/api/v1/events", self.api_events)
         app.router.add_get("/api/v1/recent", self.api_recent)
+        app.router.add_post("/api/v1/progress", self.api_progress)
         app.router.add_get("/metrics", self.api_metrics)
         for path in WEB_FILES:
             app.router.add_get(path, self.web_file)
@@ -683,6 +684,33 @@ class Orchestrator:
     async def api_recent(self, request):
         """Recent failures, refusals and fallbacks to Plex's own transcoder, newest first."""
         return web.json_response(list(reversed(self.recent.items())))
+
+    async def api_progress(self, request):
+        """The relay reports how far jobs are (their transcoders' progress callbacks). Each report
+        carries its job's relay capability, so only someone who has it can set a job's progress."""
+        try:
+            body = json.loads(await request.text())
+        except (ValueError, RecursionError):
+            return web.json_response({"error": "expected JSON"}, status=400)
+        reports = body.get("reports") if isinstance(body, dict) else None
+        if not isinstance(reports, list) or len(reports) > 10000:
+            return web.json_response({"error": "expected {\"reports\": [...]}"}, status=400)
+        accepted = 0
+        for r in reports:
+            if not isinstance(r, dict):
+                continue
+            job_id, mac, pct = r.get("job_id"), r.get("mac"), r.get("progress")
+            if not (isinstance(mac, str) and mac.isascii() and protocol.check_relay_capability(self.secret, job_id, mac)):
+                continue
+            if isinstance(pct, bool) or not isinstance(pct, (int, float)) or pct != pct:
+                continue
+            job = self.jobs.get(job_id)
+            if job is not None and not job.final:
+                job.progress = round(min(100.0, max(0.0, float(pct))), 1)
+                accepted += 1
+        if accepted:
+            self._changed()
+        return web.json_response({"accepted": accepted})
 
     async def api_metrics(self, request):
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE})

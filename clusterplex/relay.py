@@ -35,6 +35,9 @@ WORKERS_REFRESH = 5.0        # seconds between updates of the known worker addre
 UPSTREAM_RETRY_FOR = 5.0    # seconds a bodiless callback waits for PMS to come back (restart)
 MISS_REFRESH = 0.25         # an unknown peer triggers a refresh at most this often
 LOOPBACK = frozenset(("127.0.0.1", "::1"))
+PROGRESS_EVERY = 2.0        # seconds between progress reports to the orchestrator (for its web page, CLI)
+PROGRESS_JOBS = 1000        # jobs remembered between two reports, at most
+_PROGRESS_ARG = re.compile(r"(?:^|&)progress=(-?[0-9]{1,4}(?:\.[0-9]{1,3})?)(?:&|$)")
 
 
 def route(raw_target, secret):
@@ -56,6 +59,22 @@ def route(raw_target, secret):
     if not rest.startswith(ALLOWED_PREFIXES):
         return None, (403, "only Plex transcode and Live TV paths are relayed")
     return rest + sep + query, None
+
+
+def progress_report(raw_target):
+    """``(job id, capability mac, percent)`` of a transcoder's progress callback, or None (pure).
+
+    The transcoder PUTs ``<progressurl>?progress=12.3&size=..`` every ~0.5 s; only requests
+    that carry a valid capability get this far, and the mac goes along so the orchestrator can
+    check it too."""
+    path, _, query = raw_target.partition("?")
+    m = _CAP_RE.match(path)
+    if not m or not (m.group(3) or "").endswith("/progress"):
+        return None
+    p = _PROGRESS_ARG.search(query)
+    if not p:
+        return None
+    return m.group(1), m.group(2), float(p.group(1))
 
 
 class Relay:
@@ -86,6 +105,8 @@ class Relay:
         self.metrics = metrics.RelayMetrics(self)
         self._events = None          # datagram transport: the shim's local runs
         self._events_inode = None
+        self._progress = {}          # job id -> (mac, percent), until the next report
+        self._progress_task = None
         self.mdns = None
         self.watch = None
         self._runner = None
@@ -244,8 +265,36 @@ class Relay:
             self.log_once.warning(("shim-event",), "ignoring a malformed event on %s: %r",
                                   self.cfg.relay.events_socket, data[:100])
 
+    def _note_progress(self, raw_target):
+        report = progress_report(raw_target)
+        if report is None:
+            return
+        job_id, mac, pct = report
+        self._progress.pop(job_id, None)
+        self._progress[job_id] = (mac, pct)
+        while len(self._progress) > PROGRESS_JOBS:
+            self._progress.pop(next(iter(self._progress)))
+        if self._progress_task is None:
+            self._progress_task = asyncio.get_running_loop().create_task(self._report_progress())
+
+    async def _report_progress(self):
+        """Tell the orchestrator how far its jobs are (it cannot see the callbacks), in batches."""
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY)
+            batch, self._progress = self._progress, {}
+            url = self._orchestrator_url()
+            if not batch or url is None:
+                continue
+            reports = [{"job_id": j, "mac": mac, "progress": pct} for j, (mac, pct) in batch.items()]
+            try:
+                async with self.http.post(url + "/api/v1/progress", json={"reports": reports},
+                                          timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                    await resp.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                logger.debug("cannot report progress to %s: %s", url, e)
+
     async def shutdown(self):
-        for task in (self._secret_task, self._workers_task):
+        for task in (self._secret_task, self._workers_task, self._progress_task):
             if task is not None:
                 task.cancel()
         if self._events is not None:
@@ -306,6 +355,8 @@ class Relay:
         if refusal:
             return self._refuse(request, *refusal)
         self.requests += 1
+        if request.method == "PUT":
+            self._note_progress(str(request.message.path))
         url = self.cfg.plex_url + target
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         data = None

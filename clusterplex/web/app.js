@@ -63,6 +63,14 @@ function hardware(w) {
   return [parts.join(" · "), codecs.length ? "hardware codecs: " + codecs.join(", ") : "no hardware codecs"];
 }
 
+function bar(percent) {
+  const outer = el("span", null, "bar");
+  const inner = el("span");
+  inner.style.width = `${Math.min(100, Math.max(0, percent))}%`;
+  outer.appendChild(inner);
+  return outer;
+}
+
 function renderWorker(w) {
   const tr = el("tr");
   tr.dataset.key = w.key;
@@ -75,11 +83,7 @@ function renderWorker(w) {
   cell(tr, hw, null, codecs);
   const cpu = (w.load && typeof w.load.cpu === "number") ? w.load.cpu : 0;
   const load = cell(tr, "", "num");
-  const bar = el("span", null, "bar");
-  const fillBar = el("span");
-  fillBar.style.width = `${Math.min(100, Math.max(0, cpu))}%`;
-  bar.appendChild(fillBar);
-  load.appendChild(bar);
+  load.appendChild(bar(cpu));
   load.appendChild(document.createTextNode(`${cpu.toFixed(0)}%`));
   cell(tr, `${w.running_jobs}/${w.max_jobs}`, "num jobs");
   const c = w.codecs;
@@ -100,7 +104,14 @@ function renderJob(j) {
   cell(tr, j.session || "—");
   cell(tr, j.worker || "—");
   cell(tr, j.state, `state state-${j.state}`);
-  cell(tr, JOB_STATE_TEXT[j.state] || j.state, null, j.restarts ? `moved ${j.restarts}×, continued from the last segment` : "");
+  const moved = j.restarts ? `moved ${j.restarts}×, continued from the last segment` : "";
+  if (typeof j.progress === "number") {
+    const p = cell(tr, "", "progress", moved);
+    p.insertBefore(document.createTextNode(`${j.progress.toFixed(1)}%`), p.firstChild);
+    p.insertBefore(bar(j.progress), p.firstChild);
+  } else {
+    cell(tr, JOB_STATE_TEXT[j.state] || j.state, "progress", moved);
+  }
   const seconds = j.running_seconds !== null && j.running_seconds !== undefined ? j.running_seconds : j.age_seconds;
   const t = cell(tr, duration(seconds), "num time");
   runningJobs.push({cell: t, seconds});

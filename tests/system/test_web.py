@@ -7,6 +7,7 @@ MutationObserver inside the page resolves when the DOM shows what the test waits
 """
 
 import asyncio
+import http.client
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import uuid
 import aiohttp
 import pytest
 
+from clusterplex import protocol
 from tests import cluster as cl
 
 pytestmark = pytest.mark.system
@@ -177,6 +179,21 @@ def held_shim(c, mode="remote", extra=(), outputs=()):
     return c.shim(argv, sdir, mode=mode), f"{key}/{uid}", sdir
 
 
+def put_progress(c, job_id, session, percent):
+    """What the job's transcoder does every half second: PUT its progress to PMS, via the relay."""
+    prefix = protocol.relay_prefix(cl.SECRET.encode(), job_id)
+    key, uid = session.split("/")
+    host, port = c.relay.listen.rsplit(":", 1)
+    h = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        h.request("PUT", f"{prefix}/video/:/transcode/session/{key}/{uid}/progress?progress={percent}&size=1")
+        r = h.getresponse()
+        r.read()
+        assert r.status // 100 == 2, r.status
+    finally:
+        h.close()
+
+
 def row_with(table, session, extra=""):
     """JS: the row of ``table`` whose cells include the text ``session`` (and match ``extra``)."""
     return (f"[...document.querySelectorAll('#{table} tbody tr{extra}')]"
@@ -217,6 +234,11 @@ def test_the_page_lists_the_workers_and_shows_a_job_appearing_and_finishing(clus
                 assert worker in ("worker0", HOSTILE)
                 await browser.wait_for(f"(r => r && /^0:0[1-9]$/.test(r.querySelector('td.time').textContent))"
                                        f"({row_with('jobs', session)})", what="the job's clock ticking")
+                # The transcoder's progress callback (through the relay) shows as the job's progress.
+                job_id = await browser.evaluate(f"{row_with('jobs', session)}.dataset.id")
+                await asyncio.get_running_loop().run_in_executor(None, put_progress, c, job_id, session, 42.5)
+                await browser.wait_for(f"(r => r && r.querySelector('td.progress').textContent === '42.5%')"
+                                       f"({row_with('jobs', session)})", what="the job's progress")
                 # ... and finishes: the transcoder is stopped on its worker (exit status 255).
                 pid = json.loads((sdir / "pids.json").read_text())["pid"]
                 os.kill(pid, signal.SIGTERM)

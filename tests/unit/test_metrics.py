@@ -200,3 +200,18 @@ def test_hub_queues_are_bounded_and_close_ends_every_stream():
 
 def test_sse_framing():
     assert feed.sse("snapshot", '{"a":1}') == b'event: snapshot\ndata: {"a":1}\n\n'
+
+
+def test_progress_reports_come_from_progress_callbacks_with_a_capability():
+    from clusterplex import relay
+    cap = "/_cp/" + "a" * 32 + "/" + "0" * 32
+    assert relay.progress_report(cap + "/video/:/transcode/session/k/u/progress?progress=12.5&size=1") == \
+        ("a" * 32, "0" * 32, 12.5)
+    assert relay.progress_report(cap + "/video/:/transcode/session/k/u/progress?size=1&progress=-26.6") == \
+        ("a" * 32, "0" * 32, -26.6)
+    for target in (cap + "/video/:/transcode/session/k/u/progress?width=720&height=404",   # no progress
+                   cap + "/video/:/transcode/session/k/u/progress/log?progress=5",          # not the progress URL
+                   cap + "/video/:/transcode/session/k/u/progress?xprogress=5",
+                   cap + "/video/:/transcode/session/k/u/progress?progress=1e9",
+                   "/video/:/transcode/session/k/u/progress?progress=5"):                   # no capability
+        assert relay.progress_report(target) is None, target
