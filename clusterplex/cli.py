@@ -332,7 +332,8 @@ JOB_COLUMNS = ("job", "session", "worker", "state", "elapsed", "progress", "reas
 def job_rows(jobs):
     return [(j["id"][:8], j["session"] or "-", j["worker"] or "-", j["state"],
              duration_text(j["running_seconds"] if j["running_seconds"] is not None else j["age_seconds"]),
-             "-" if j["progress"] is None else f"{j['progress']:.1f}%", job_reason(j)) for j in jobs]
+             f"{j['progress']:.1f}%" if isinstance(j["progress"], (int, float)) and j["progress"] >= 0 else "-",
+             job_reason(j)) for j in jobs]
 
 
 RECENT_SHOWN = 5
