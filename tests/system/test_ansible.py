@@ -198,6 +198,16 @@ def test_preflight_stops_with_clear_messages(built, tmp_path):
         assert r.proc.returncode != 0, r.explain()
         assert "python3-clusterplex_9.9.9_all.deb not found on the controller" in r.failures()[0][2]
 
+        # a worker to roll out while its Plex host is being removed (one container, two names)
+        inv = write_inventory(tmp_path / "e.yml", {"cpapre-plex": (c, {"clusterplex_state": "absent"})},
+                              {"cpapre": (c, {"clusterplex_worker_transcode_root": "/srv/share/transcode",
+                                              "clusterplex_secret": ""})}, common)
+        r = playbook(inv, "--tags", "preflight")
+        assert r.proc.returncode != 0, r.explain()
+        assert [(h, t) for h, t, _ in r.failures()] == \
+            [("cpapre", "Check that a present worker has an orchestrator host to join")], r.explain()
+        assert "orchestrator host cpapre-plex, which is not in the inventory or is marked absent" in r.failures()[0][2]
+
         # fixed: the preflight passes (and warns: no Plex transcoder on the worker)
         inv = write_inventory(tmp_path / "d.yml", {}, {"cpapre": (c, {"clusterplex_worker_transcode_root":
                                                                        "/srv/share/transcode"})}, common)
@@ -238,10 +248,12 @@ def lab(built, tmp_path_factory):
         subprocess.run(["chown", "-R", f"{uid}:{uid}", str(shared)], check=True)
 
         state = {n: "present" for n in hosts}
+        overrides = {n: {} for n in hosts}
 
         def inventory():
             def v(n, **kw):
-                return {"clusterplex_state": state[n], "clusterplex_worker_discovery_interfaces": [ADDRESS[n]], **kw}
+                return {"clusterplex_state": state[n], "clusterplex_worker_discovery_interfaces": [ADDRESS[n]], **kw,
+                        **overrides[n]}
             return write_inventory(
                 tmp / "inventory.yml",
                 {PLEX: (plex, v(PLEX, clusterplex_orchestrator_discovery_interfaces=[ADDRESS[PLEX]],
@@ -254,7 +266,7 @@ def lab(built, tmp_path_factory):
                 {"clusterplex_deb_dir": str(built["debs"]), "clusterplex_version": VERSION,
                  "clusterplex_verify_retries": 30})
 
-        yield {"hosts": hosts, "state": state, "inventory": inventory, "shared": shared}
+        yield {"hosts": hosts, "state": state, "overrides": overrides, "inventory": inventory, "shared": shared}
 
 
 @pytest.fixture(scope="module")
@@ -339,6 +351,42 @@ def test_transcode_through_the_shim_runs_on_a_worker(lab, rolled_out):
     recs = api(plex, "/_fake/requests", port=32400)
     progress = [x for x in recs if x["path"] == "/video/:/transcode/session/k1/u1/progress"]
     assert progress and progress[0]["remote"] == "127.0.0.1"      # through the relay
+
+
+def unit_pid(c, unit):
+    return c.run(["systemctl", "show", "-p", "MainPID", "--value", unit]).stdout.strip()
+
+
+def test_rerun_after_a_change_restarts_only_what_changed(lab, rolled_out):
+    """A rotated secret reaches every worker and a per-host override only its host: restarts
+    through handlers, only where something changed."""
+    plex, w1, w2 = lab["hosts"][PLEX], lab["hosts"][W1], lab["hosts"][W2]
+    plex.run(["clusterplex", "token", "--rotate", "--quiet"])
+    secret = plex.read_file("/etc/clusterplex/secret")
+    pids = {(n, u): unit_pid(c, u) for n, c, u in ((PLEX, plex, "clusterplex-orchestrator"),
+                                                   (PLEX, plex, "clusterplex-relay"),
+                                                   (W1, w1, "clusterplex-worker"), (W2, w2, "clusterplex-worker"))}
+    lab["overrides"][W2] = {"clusterplex_worker_max_jobs": 1}
+    r = playbook(lab["inventory"]())
+    assert r.proc.returncode == 0, r.explain()
+    assert secret.strip() not in r.output
+    changed = r.changed_tasks()
+    assert {(W1, "Install the cluster secret on the worker (mode 0600)"),
+            (W2, "Install the cluster secret on the worker (mode 0600)"),
+            (W2, "Write /etc/clusterplex/worker.yaml")} <= set(changed), changed
+    # plus one handler run per worker (the json callback files handler results under another
+    # task's name: counted here, and seen in the new pids below)
+    assert {n: r.stats[n]["changed"] for n in lab["hosts"]} == {PLEX: 0, W1: 2, W2: 3}, changed
+    for w in (w1, w2):
+        assert w.read_file("/etc/clusterplex/secret") == secret
+    # the workers restarted (handlers), the Plex host's daemons were left alone
+    assert unit_pid(plex, "clusterplex-orchestrator") == pids[(PLEX, "clusterplex-orchestrator")]
+    assert unit_pid(plex, "clusterplex-relay") == pids[(PLEX, "clusterplex-relay")]
+    assert unit_pid(w1, "clusterplex-worker") != pids[(W1, "clusterplex-worker")]
+    assert unit_pid(w2, "clusterplex-worker") != pids[(W2, "clusterplex-worker")]
+    # verified ready with the new secret and the new limit
+    workers = {w["name"]: (w["state"], w["max_jobs"]) for w in api(plex, "/api/v1/workers")}
+    assert workers == {W1: ("ready", 2), W2: ("ready", 1)}
 
 
 def test_worker_marked_absent_is_removed_and_leaves_the_orchestrator(lab, rolled_out):
