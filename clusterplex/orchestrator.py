@@ -105,6 +105,8 @@ class ShimSession:
         self.peer = peer
         self.job = None
         self.mode = ""              # the shim's mode (pms.yaml), as it said in its submission
+        self.busy = False           # an attach or probe is being answered
+        self.gone = False           # the connection ended
 
 
 class Orchestrator:
@@ -307,6 +309,10 @@ class Orchestrator:
             self.registry.update_load(key, msg, now)
             self._changed()
             return
+        if kind == "exit" and isinstance(msg.get("job_id"), str):
+            # The worker holds an exit until we confirm it: one sent into a connection that was
+            # dying (our crash) goes to the next orchestrator instead of being lost.
+            self.links[key].post({"type": "exit_ack", "job_id": msg["job_id"]})
         job = self.jobs.get(msg.get("job_id"))
         if job is None or job.worker != key:
             logger.debug("worker %s: %s for unknown job %r", key, kind, msg.get("job_id"))
@@ -527,22 +533,39 @@ class Orchestrator:
                 if msg["type"] == "submit" and sess.job is None:
                     sess.mode = msg.get("mode") if msg.get("mode") in ("both", "remote") else ""
                     self._submit(sess, msg.get("job"))
-                elif msg["type"] == "attach" and sess.job is None:
-                    await self._attach(sess, msg.get("job_id"))
+                # attach and probe wait (for workers): answered beside the loop, which must keep
+                # reading or the connection's heartbeat fails and the shim sees us vanish again
+                elif msg["type"] == "attach" and sess.job is None and not sess.busy:
+                    self._spawn(self._answer(sess, self._attach(sess, msg.get("job_id"))))
                 elif msg["type"] == "cancel" and sess.job is not None:
                     self._cancel(sess.job, "cancelled by the shim")
-                elif msg["type"] == "probe" and sess.job is None:
-                    await self._probe(sess, msg.get("probe"))
+                elif msg["type"] == "probe" and sess.job is None and not sess.busy:
+                    self._spawn(self._answer(sess, self._probe(sess, msg.get("probe"))))
                 else:
                     self.log_once.warning(("shimmsg", peer.name), "unexpected %r from shim at %s",
                                           msg["type"], peer.name)
         finally:
+            sess.gone = True
             if sess.job is not None and self.shims.get(sess.job.id) is sess:
                 self.shims.pop(sess.job.id, None)
                 if not sess.job.final and not self.stopping:
                     self._cancel(sess.job, "shim went away (PMS stopped the transcode)")
             peer.abort()
         return ws
+
+    def _spawn(self, coro):
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    @staticmethod
+    async def _answer(sess, coro):
+        sess.busy = True
+        try:
+            await coro
+        finally:
+            sess.busy = False
 
     async def _probe(self, sess, raw):
         """`clusterplex doctor`: every connected worker checks what jobs need there (media, transcode
@@ -620,6 +643,8 @@ class Orchestrator:
             except asyncio.TimeoutError:
                 self.adoption.pop(job_id, None)
             job = self.jobs.get(job_id)
+        if sess.gone:
+            return                  # the shim gave up on this connection meanwhile (it comes back on another)
         if job is None:
             done = self.jobs.finished(job_id) if isinstance(job_id, str) else None
             if done is not None and done.state == jobs.EXITED:

@@ -63,6 +63,7 @@ class Remote:
         self.submitted = False
         self.ws = None
         self.url = cfg.orchestrator
+        self.reattach_deadline = None
 
     def connect(self, first=True):
         """Connect and authenticate; then submit the job (first time) or re-attach to it."""
@@ -83,7 +84,9 @@ class Remote:
         """The orchestrator went away mid-job (restart, upgrade, crash): our transcode keeps running
         on its worker, so come back for it, for up to ``reattach_timeout`` seconds."""
         import time
-        deadline = time.monotonic() + self.cfg.reattach_timeout
+        if self.reattach_deadline is None:      # one bound per outage, not per connection attempt
+            self.reattach_deadline = time.monotonic() + self.cfg.reattach_timeout
+        deadline = self.reattach_deadline
         delay = 0.05
         while time.monotonic() < deadline:
             self.close()
@@ -130,6 +133,7 @@ class Remote:
                 say(f"{msg.get('reason')}; restarting it on another worker")
             elif kind == "attached":
                 self.started = True
+                self.reattach_deadline = None
             elif kind == "exit":
                 code = msg.get("code")
                 sig = msg.get("signal")

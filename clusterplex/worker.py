@@ -56,6 +56,7 @@ def resolve_transcoder(path):
 
 
 MAX_DETACHED_OUTPUT = 256 * 1024     # bytes of output kept for a job while no orchestrator follows it
+MAX_UNACKED = 1000                   # exits sent but not yet confirmed by the orchestrator (oldest dropped)
 
 
 class WorkerJob:
@@ -74,6 +75,7 @@ class WorkerJob:
         self.detach_timer = None
         self.pid = None
         self.ended = False
+        self.exit_msg = None
         self.backlog = []            # events while detached
         self._backlog_bytes = 0
 
@@ -117,6 +119,7 @@ class Worker:
         self.draining = False
         self.jobs = {}
         self.detached_done = {}      # job id -> WorkerJob that ended while detached (until re-attach/expiry)
+        self.unacked = {}            # job id -> WorkerJob whose exit the orchestrator has not confirmed yet
         self.peers = set()
         self.listen_address = ""
         self.id = os.urandom(6).hex()
@@ -461,6 +464,8 @@ class Worker:
                 logger.info("job %s: cancel requested", job.id[:8])
                 self._spawn(job.transcode.terminate())
             self.detached_done.pop(msg.get("job_id"), None)
+        elif kind == "exit_ack":
+            self.unacked.pop(msg.get("job_id"), None)
         elif kind in ("drain", "resume"):
             self.draining = kind == "drain"
             logger.info("%s requested by the orchestrator at %s", "drain" if self.draining else "resume", peer.name)
@@ -582,16 +587,31 @@ class Worker:
         how = f"signal {sig}" if sig else f"exit code {code}"
         logger.info("job %s ended: %s%s", job.id[:8], how, " (cancelled)" if job.transcode.cancelled else "")
         job.ended = True
-        job.post({"type": "exit", "job_id": job.id, "code": code, "signal": sig})
+        exit_msg = {"type": "exit", "job_id": job.id, "code": code, "signal": sig}
+        job.post(exit_msg)
         if job.owner is None:        # keep the exit code for an orchestrator that re-attaches
-            self.detached_done[job.id] = job
-            job.detach_timer = asyncio.get_running_loop().call_later(
-                self.cfg.detached_grace, self.detached_done.pop, job.id, None)
+            self._keep_done(job)
+        else:                        # sent, maybe into a dying connection: held until confirmed
+            job.exit_msg = exit_msg
+            self.unacked[job.id] = job
+            while len(self.unacked) > MAX_UNACKED:
+                self.unacked.pop(next(iter(self.unacked)))
         self.broadcast_status()
         self.notifier.status(self.status_line())
 
+    def _keep_done(self, job):
+        self.detached_done[job.id] = job
+        job.detach_timer = asyncio.get_running_loop().call_later(
+            self.cfg.detached_grace, self.detached_done.pop, job.id, None)
+
     def _detach(self, peer):
         """The orchestrator went away: keep its jobs for a grace period, then stop them."""
+        for job in [j for j in self.unacked.values() if j.owner is peer]:
+            # Its exit may have died with the connection: report it to the next orchestrator.
+            del self.unacked[job.id]
+            job.owner = None
+            job.backlog, job._backlog_bytes = [job.exit_msg], 0
+            self._keep_done(job)
         loop = asyncio.get_running_loop()
         for job in self.jobs.values():
             if job.owner is peer:

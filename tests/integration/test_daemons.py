@@ -9,7 +9,7 @@ import subprocess
 import aiohttp
 import pytest
 
-from clusterplex import protocol, worker
+from clusterplex import link, protocol, worker
 from tests import cluster as cl
 
 
@@ -139,3 +139,73 @@ def test_worker_never_runs_the_shim(tmp_path):
     assert worker.resolve_transcoder(str(plex)) == (str(distrib), "")
     assert worker.resolve_transcoder(str(tmp_path / "nope"))[1].endswith("not found (install Plex Media Server "
                                                                          "here or set `transcoder`)")
+
+
+async def _as_orchestrator(s, url):
+    ws, _ = await link.connect(s, url, cl.SECRET.encode(), protocol.ROLE_ORCHESTRATOR, protocol.ROLE_WORKER,
+                               heartbeat=None, timeout=10)
+    return ws
+
+
+async def _next(ws, kind, job_id=None, timeout=20):
+    while True:
+        m = await asyncio.wait_for(ws.receive(), timeout)
+        assert m.type == aiohttp.WSMsgType.TEXT, f"connection ended waiting for {kind}: {m}"
+        d = json.loads(m.data)
+        if d["type"] == kind and (job_id is None or d.get("job_id") == job_id):
+            return d
+
+
+async def _exit_survives_a_dying_orchestrator(url, sessions, ack):
+    job_id = protocol.new_job_id()
+    cwd = sessions / f"plex-transcode-ack{int(ack)}-{job_id}"
+    cwd.mkdir(parents=True)
+    job = {"id": job_id, "argv": ["-x_test_exit", "3", "-i", "/etc/hostname", "o.ts"], "cwd": str(cwd), "env": {}}
+    async with aiohttp.ClientSession() as s:
+        ws = await _as_orchestrator(s, url)
+        await ws.send_str(protocol.encode({"type": "start", "job": job}))
+        assert (await _next(ws, "exit", job_id))["code"] == 3
+        if ack:
+            await ws.send_str(protocol.encode({"type": "exit_ack", "job_id": job_id}))
+            await ws.send_str(protocol.encode({"type": "attach", "job_id": job_id}))
+            await _next(ws, "unknown", job_id)         # in order after the ack: it is forgotten
+        await ws.close()                               # the "crash": the exit may not have been read
+        ws = await _as_orchestrator(s, url)            # the next orchestrator
+        status = await _next(ws, "status")
+        reported = {j["id"]: j["state"] for j in status["jobs"]}
+        if ack:
+            assert job_id not in reported
+        else:
+            assert reported.get(job_id) == "exited"
+            await ws.send_str(protocol.encode({"type": "attach", "job_id": job_id}))
+            assert (await _next(ws, "exit", job_id))["code"] == 3
+        await ws.close()
+
+
+@pytest.fixture(scope="module")
+def lone_worker(c):
+    """A worker the cluster's orchestrator does not know: the test plays its orchestrators."""
+    return c.start_worker(9)
+
+
+@pytest.mark.parametrize("ack", [False, True], ids=["unconfirmed", "confirmed"])
+def test_worker_keeps_an_unconfirmed_exit_for_the_next_orchestrator(c, lone_worker, ack):
+    """An exit sent into a connection that was dying (orchestrator SIGKILLed as the job ended) is
+    reported again to the next orchestrator; one the orchestrator confirmed is not."""
+    asyncio.run(_exit_survives_a_dying_orchestrator(f"{lone_worker.url}{protocol.CONTROL_PATH}", c.sessions, ack))
+
+
+def test_reattach_to_an_unknown_job_is_answered_not_dropped(c):
+    """The orchestrator waits for workers to report a re-attaching shim's job; meanwhile the
+    connection's heartbeat must go on (it used to be dropped after 1.5 s, and the shim retried forever)."""
+    from clusterplex.miniws import WebSocket
+    host, port = c.orchestrator.listen.rsplit(":", 1)
+    ws = WebSocket.connect(host, int(port), protocol.SHIM_PATH, 5)
+    hs = protocol.ClientHandshake(cl.SECRET.encode(), protocol.ROLE_SHIM, protocol.ROLE_ORCHESTRATOR)
+    ws.send_text(protocol.encode(hs.on_hello(protocol.decode(ws.recv_text()))))
+    hs.on_welcome(protocol.decode(ws.recv_text()))
+    ws.settimeout(20)
+    ws.send_text(protocol.encode({"type": "attach", "job_id": protocol.new_job_id()}))
+    reply = protocol.decode(ws.recv_text())
+    ws.sock.close()
+    assert reply["type"] == "failed" and "no worker reports this job" in reply["reason"]
