@@ -49,7 +49,6 @@ def main():
             end = time.monotonic() + opts.minutes * 60
             next_chaos = time.monotonic() + 10
             next_report = time.monotonic() + 60
-            reattached = 0
             while time.monotonic() < end or running:
                 while time.monotonic() < end and len(running) < opts.concurrency:
                     key, uid = f"soak{counts['jobs']}", str(uuid.uuid4())
@@ -97,7 +96,6 @@ def main():
                         c.workers[i] = c.start_worker(i)
                         counts["worker_kills"] += 1
                     else:
-                        reattached += c.orchestrator.log().count("shim re-attached")
                         c.restart_orchestrator(kill=rng.random() < 0.5)
                         counts["orchestrator_restarts"] += 1
                 time.sleep(0.05)       # pacing of the load generator (not synchronization)
@@ -105,7 +103,7 @@ def main():
                     next_report = time.monotonic() + 60
                     print(f"  {time.strftime('%H:%M:%S')} running {len(running)}: "
                           + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
-            counts["reattached"] = reattached + c.orchestrator.log().count("shim re-attached")
+            counts["reattached"] = c.orchestrator.log().count("shim re-attached")    # one log, appended
             print("  load done, stopping the cluster", flush=True)
     print(f"soak {opts.minutes} min: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for r in sorted(reasons):
