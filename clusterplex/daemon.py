@@ -170,8 +170,20 @@ def main(prog, kind, factory, argv=None):
         return EX_OK
 
 
+def _quiet_closing_pings(loop, context):
+    """aiohttp 3.8's heartbeat ping task fails with "Cannot write to closing transport" when a peer
+    vanishes between two pings, and asyncio logs that at ERROR with a traceback ("Task exception was
+    never retrieved"): routine for a shim killed by PMS. One debug line instead."""
+    exc = context.get("exception")
+    if isinstance(exc, ConnectionResetError) and "closing transport" in str(exc):
+        logger.debug("ping to a peer that went away: %s", exc)
+        return
+    loop.default_exception_handler(context)
+
+
 async def _run(prog, daemon, notifier):
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_quiet_closing_pings)
     stop = asyncio.Event()
     tasks = set()
 
