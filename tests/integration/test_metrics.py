@@ -440,3 +440,24 @@ def test_progress_reaches_the_orchestrator_through_the_relay(c):
         p.kill()
         p.communicate(timeout=10)
     assert "Traceback" not in c.orchestrator.log() + c.relay.log()
+
+
+def test_live_clients_are_limited(c):
+    async def scenario():
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+            streams, refused = [], None
+            try:
+                for _ in range(80):
+                    r = await s.get(c.orchestrator.url + "/api/v1/events")
+                    if r.status != 200:
+                        refused = (r.status, await r.json())
+                        r.close()
+                        break
+                    streams.append(r)
+                return len(streams), refused
+            finally:
+                for r in streams:
+                    r.close()
+    opened, refused = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert 50 <= opened <= 64 and refused == (503, {"error": "too many live clients"})   # earlier tests may hold a few
+    assert c.api("/health")["status"] == "ok"
