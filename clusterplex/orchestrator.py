@@ -725,7 +725,8 @@ class Orchestrator:
             if not isinstance(r, dict):
                 continue
             job_id, mac, pct = r.get("job_id"), r.get("mac"), r.get("progress")
-            if not (isinstance(mac, str) and mac.isascii() and protocol.check_relay_capability(self.secret, job_id, mac)):
+            if not (isinstance(mac, str) and mac.isascii()
+                    and protocol.check_relay_capability(self.secret, job_id, mac)):
                 continue
             if isinstance(pct, bool) or not isinstance(pct, (int, float)) or pct != pct:
                 continue

@@ -129,7 +129,8 @@ def test_jobs_are_counted_by_outcome(c):
     key, uid = f"m{uuid.uuid4().hex[:10]}", str(uuid.uuid4())
     sdir = c.session_dir(key, uid)
     p = c.shim(["-x_test_stderr", "transcoder-up", "-x_test_hold", "60", "-i", media(c), "-progressurl",
-                f"http://127.0.0.1:32400/video/:/transcode/session/{key}/{uid}/progress", "out.ts"], sdir, mode="remote")
+                f"http://127.0.0.1:32400/video/:/transcode/session/{key}/{uid}/progress", "out.ts"],
+               sdir, mode="remote")
     cl.read_until(p.stderr, "transcoder-up", 30)
     during = scrape(c.orchestrator.url)
     assert value(during, "job_posters_active") == 1
@@ -148,8 +149,8 @@ def test_jobs_are_counted_by_outcome(c):
     assert delta("jobs_succeeded") == 1
     assert delta("jobs_failed") == 3          # exit code 3, and two jobs no worker could take
     assert delta("jobs_killed") == 1
-    assert [delta("clusterplex_jobs_total", outcome=o) for o in
-            ("remote_ok", "remote_failed", "no_worker", "fell_back_local", "cancelled", "resumed")] == [1, 1, 2, 1, 1, 0]
+    outcomes = ("remote_ok", "remote_failed", "no_worker", "fell_back_local", "cancelled", "resumed")
+    assert [delta("clusterplex_jobs_total", outcome=o) for o in outcomes] == [1, 1, 2, 1, 1, 0]
     assert delta("clusterplex_dispatch_latency_seconds_count") == 3     # the jobs whose transcoder started
     assert 0 < delta("clusterplex_dispatch_latency_seconds_sum") < 3 * 10
     assert delta("clusterplex_job_duration_seconds_count", outcome="remote_ok") == 1

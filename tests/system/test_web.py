@@ -197,7 +197,8 @@ def put_progress(c, job_id, session, percent):
 def row_with(table, session, extra=""):
     """JS: the row of ``table`` whose cells include the text ``session`` (and match ``extra``)."""
     return (f"[...document.querySelectorAll('#{table} tbody tr{extra}')]"
-            f".find(tr => [...tr.cells].some(td => td.firstChild && td.firstChild.textContent === {json.dumps(session)}))")
+            f".find(tr => [...tr.cells].some(td => td.firstChild && "
+            f"td.firstChild.textContent === {json.dumps(session)}))")
 
 
 def test_the_page_lists_the_workers_and_shows_a_job_appearing_and_finishing(cluster, browser):
@@ -211,7 +212,8 @@ def test_the_page_lists_the_workers_and_shows_a_job_appearing_and_finishing(clus
             names = await browser.wait_for(
                 "document.querySelectorAll('#workers tbody tr[data-state=\"ready\"]').length === 2 && "
                 "document.getElementById('live').textContent === 'live' && "
-                "[...document.querySelectorAll('#workers tbody tr')].map(tr => tr.dataset.name)", what="2 ready workers")
+                "[...document.querySelectorAll('#workers tbody tr')].map(tr => tr.dataset.name)",
+                what="2 ready workers")
             assert sorted(names) == sorted(["worker0", HOSTILE])
             hardware = await browser.evaluate(
                 "[...document.querySelectorAll('#workers tbody tr')].map(tr => tr.cells[2].textContent)")
