@@ -353,6 +353,28 @@ def test_transcode_through_the_shim_runs_on_a_worker(lab, rolled_out):
     assert progress and progress[0]["remote"] == "127.0.0.1"      # through the relay
 
 
+def test_verify_fails_naming_the_worker_that_is_not_ready(lab, rolled_out):
+    plex = lab["hosts"][PLEX]
+    lab["overrides"][W1] = {"clusterplex_worker_transcoder": "/opt/plex/Plex Transcoder"}
+    lab["overrides"][PLEX] = {"clusterplex_verify_retries": 3}
+    try:
+        r = playbook(lab["inventory"]())
+        assert r.proc.returncode != 0, r.explain()
+        fails = r.failures()
+        assert [(h, t) for h, t, _ in fails] == [
+            (PLEX, "Wait until every worker of the inventory is ready (and removed ones are gone)"),   # rescued
+            (PLEX, "Say which workers are not ready")], r.explain()
+        msg = fails[-1][2]
+        assert "did not show every worker ready after 3 tries" in msg, msg
+        assert f"{W1} is not_ready:" in msg and "/opt/plex/Plex Transcoder not found" in msg, msg
+        assert W2 not in msg
+    finally:
+        lab["overrides"][W1], lab["overrides"][PLEX] = {}, {}
+    r = playbook(lab["inventory"]())
+    assert r.proc.returncode == 0, r.explain()
+    assert {w["name"]: w["state"] for w in api(plex, "/api/v1/workers")} == {W1: "ready", W2: "ready"}
+
+
 def unit_pid(c, unit):
     return c.run(["systemctl", "show", "-p", "MainPID", "--value", unit]).stdout.strip()
 
