@@ -221,6 +221,33 @@ def test_preflight_stops_with_clear_messages(built, tmp_path):
         assert c.run(["test", "-e", "/etc/clusterplex"], check=False).returncode == 1
 
 
+def test_preflight_compares_the_plex_uid_across_hosts(built, tmp_path):
+    with nspawn.Container("cpauid1", built["tree"], repo=built["repo"]) as a, \
+            nspawn.Container("cpauid2", built["tree"], repo=built["repo"]) as b:
+        a.install_debs([built["plex"]])                          # Plex host: plex with a system uid
+        b.run(["useradd", "--system", "--uid", "1500", "plex"])  # worker: plex made by hand, another uid
+        for c in (a, b):
+            c.run(["install", "-d", "-o", "plex", "/transcode"])
+        uid = a.run(["id", "-u", "plex"]).stdout.strip()
+        assert uid != "1500"
+        common = {"clusterplex_deb_dir": str(built["debs"]), "clusterplex_version": VERSION}
+        inv = write_inventory(tmp_path / "a.yml", {"cpauid1": (a, {})}, {"cpauid2": (b, {})}, common)
+        r = playbook(inv, "--tags", "preflight")
+        assert r.proc.returncode == 0, r.explain()
+        warn = r.results("Compare the Plex user's uid with the Plex host's")
+        assert warn["cpauid2"]["msg"] == (
+            f"WARNING: cpauid2: user plex has uid 1500, but {uid} on cpauid1: transcodes written to the shared "
+            "directory would belong to another user there. Give plex the same uid everywhere.")
+        assert warn["cpauid1"].get("skipped")
+        # strict: an error
+        inv = write_inventory(tmp_path / "b.yml", {"cpauid1": (a, {})}, {"cpauid2": (b, {})},
+                              {**common, "clusterplex_preflight_uid_strict": True})
+        r = playbook(inv, "--tags", "preflight")
+        assert r.proc.returncode != 0
+        assert r.failures() == [("cpauid2", "Fail on different Plex uids (clusterplex_preflight_uid_strict)",
+                                 f"cpauid2: user plex has uid 1500, but {uid} on cpauid1")], r.explain()
+
+
 # ---------------------------------------------------------------------------------------------
 # A cluster rolled out by the playbook
 
