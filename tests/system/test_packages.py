@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.system, pytest.mark.packaging, pytest.mark.timeout(600
 REPO = Path(__file__).resolve().parents[2]
 TRANSCODER = "/usr/lib/plexmediaserver/Plex Transcoder"
 DEPENDENCIES = ["python3-aiohttp", "python3-zeroconf", "python3-sdnotify", "python3-yaml", "python3-psutil",
-                "adduser"]
+                "python3-prometheus-client", "adduser"]
 
 # Plex's transcoder as the fake Plex package ships it: says its version, calls PMS back
 # once through -progressurl (so tests see the relay path), can hold (to be killed), exits.
