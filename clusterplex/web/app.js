@@ -90,7 +90,7 @@ function renderWorker(w) {
   if (c && c.state) {
     cell(tr, `${c.state} ${c.present}/${c.total}`, `codecs-${c.state}`, c.reason || c.version || "");
   } else {
-    cell(tr, "not managed", "sub");
+    cell(tr, "not managed", "muted");
   }
   cell(tr, w.version || "");
   return tr;
@@ -115,7 +115,7 @@ function renderJob(j) {
   const seconds = j.running_seconds !== null && j.running_seconds !== undefined ? j.running_seconds : j.age_seconds;
   const t = cell(tr, duration(seconds), "num time");
   runningJobs.push({cell: t, seconds});
-  cell(tr, j.decision || "", "sub");
+  cell(tr, j.decision || "", "muted");
   return tr;
 }
 
