@@ -215,3 +215,9 @@ def test_progress_reports_come_from_progress_callbacks_with_a_capability():
                    cap + "/video/:/transcode/session/k/u/progress?progress=1e9",
                    "/video/:/transcode/session/k/u/progress?progress=5"):                   # no capability
         assert relay.progress_report(target) is None, target
+
+
+def test_codec_states_are_the_ones_workers_report():
+    from clusterplex import codecs
+    assert set(metrics.CODEC_STATES) == {codecs.IDLE, codecs.DOWNLOADING, codecs.READY, codecs.ERROR}
+    assert codecs.CodecState(state=codecs.DOWNLOADING, present=3, total=5).as_dict()["state"] in metrics.CODEC_STATES
