@@ -462,3 +462,39 @@ def test_live_clients_are_limited(c):
     opened, refused = asyncio.run(asyncio.wait_for(scenario(), 60))
     assert 50 <= opened <= 64 and refused == (503, {"error": "too many live clients"})   # earlier tests may hold a few
     assert c.api("/health")["status"] == "ok"
+
+
+def test_codec_provisioning_state_is_exported(tmp_path):
+    from clusterplex import hardware
+    from tests.fakes.codec_server import FakeCodecServer, elf_library
+    version, arch, libs = "1a2b3c4-5678", hardware.plex_arch(), ["libh264_decoder", "libaac_decoder", "libaac_encoder"]
+    transcoder = tmp_path / "Plex Transcoder"
+    transcoder.write_text(f"#!/bin/sh\n# Plex codec version: {version}\nexit 0\n")
+    transcoder.chmod(0o755)
+    (tmp_path / "codecs.txt").write_text("\n".join(libs) + "\n")
+    with FakeCodecServer() as srv:
+        srv.stall(libs[0])                       # the first library hangs until we let it go
+        for lib in libs:
+            srv.put(version, arch, lib, elf_library(arch))
+        codec_cfg = {"enabled": True, "dir": str(tmp_path / "codecs"), "server": srv.codecs_url,
+                     "list": str(tmp_path / "codecs.txt")}
+        over = {0: {"transcoder": str(transcoder), "codecs": codec_cfg}}
+        with cl.Cluster(tmp_path / "c", workers=1, worker_overrides=over, wait_ready=False) as c:
+            srv.wait_stalled(10)
+            wait_feed(c, lambda s: any((w.get("codecs") or {}).get("state") == "downloading" for w in s["workers"]))
+            s = scrape(c.orchestrator.url)
+            assert value(s, "clusterplex_worker_codecs_state", worker_name="worker0", state="downloading") == 1
+            assert value(s, "clusterplex_worker_codecs_state", worker_name="worker0", state="ready") == 0
+            assert value(s, "clusterplex_worker_codecs_total", worker_name="worker0") == 3
+            assert value(s, "clusterplex_worker_codecs_present", worker_name="worker0") < 3
+            assert value(s, "clusterplex_worker_state", worker_name="worker0", state="not_ready") == 1
+            srv.release()
+            c.wait_workers_ready(1)
+            wait_feed(c, lambda s: any((w.get("codecs") or {}).get("state") == "ready" for w in s["workers"]))
+            s = scrape(c.orchestrator.url)
+            assert value(s, "clusterplex_worker_codecs_state", worker_name="worker0", state="ready") == 1
+            assert value(s, "clusterplex_worker_codecs_present", worker_name="worker0") == 3
+            assert value(s, "clusterplex_worker_state", worker_name="worker0", state="ready") == 1
+            [info] = [dict(k[1]) for k, v in s.items() if k[0] == "clusterplex_worker_info" and v == 1]
+            assert info["worker_name"] == "worker0" and info["address"] == c.workers[0].listen
+            assert info["plex_codecs"] == version and info["version"] == "0.1.0" and info["source"] == "static"
