@@ -302,7 +302,9 @@ def rolled_out(lab):
     assert first.proc.returncode == 0, first.explain()
     second = playbook(lab["inventory"]())
     assert second.proc.returncode == 0, second.explain()
-    return {"first": first, "second": second}
+    check = playbook(lab["inventory"](), "--check", "--diff")
+    assert check.proc.returncode == 0, check.explain()
+    return {"first": first, "second": second, "check": check}
 
 
 def test_rollout_installs_joins_and_a_rerun_changes_nothing(lab, rolled_out):
@@ -312,8 +314,10 @@ def test_rollout_installs_joins_and_a_rerun_changes_nothing(lab, rolled_out):
     print(f"first run {first.seconds:.1f} s, second run {second.seconds:.1f} s")
     for n in hosts:
         assert first.stats[n]["failures"] == 0 and first.stats[n]["changed"] > 0
-    # idempotent: the second run changes nothing anywhere
+    # idempotent: the second run changes nothing anywhere, and --check --diff agrees
     assert {n: second.stats[n]["changed"] for n in hosts} == {PLEX: 0, W1: 0, W2: 0}, second.changed_tasks()
+    check = rolled_out["check"]
+    assert {n: check.stats[n]["changed"] for n in hosts} == {PLEX: 0, W1: 0, W2: 0}, check.changed_tasks()
     assert second.stats[PLEX]["failures"] == 0
     # packages: the pinned version, from .debs (plex, w1) and from the apt repository (w2)
     for c, pkgs in ((plex, ("python3-clusterplex", "clusterplex-orchestrator", "clusterplex-pms")),
@@ -329,7 +333,7 @@ def test_rollout_installs_joins_and_a_rerun_changes_nothing(lab, rolled_out):
     for w in (w1, w2):
         assert w.read_file("/etc/clusterplex/secret") == secret
         assert w.run(["stat", "-c", "%a %U", "/etc/clusterplex/secret"]).stdout.split() == ["600", "plex"]
-    for run in (first, second):
+    for run in rolled_out.values():
         assert secret.strip() not in run.output
     # configuration rendered from role variables, per-host overrides applied, valid for the daemons
     worker_yaml = w1.read_file("/etc/clusterplex/worker.yaml")
