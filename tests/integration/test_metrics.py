@@ -498,3 +498,29 @@ def test_codec_provisioning_state_is_exported(tmp_path):
             [info] = [dict(k[1]) for k, v in s.items() if k[0] == "clusterplex_worker_info" and v == 1]
             assert info["worker_name"] == "worker0" and info["address"] == c.workers[0].listen
             assert info["plex_codecs"] == version and info["version"] == "0.1.0" and info["source"] == "static"
+
+
+def test_a_job_that_moves_after_its_worker_died_counts_as_resumed(tmp_path):
+    with cl.Cluster(tmp_path, workers=2) as c:
+        key, uid = f"m{uuid.uuid4().hex[:10]}", str(uuid.uuid4())
+        p = c.shim(["-x_test_stderr", "transcoder-up", "-x_test_hold", "60", "-i", media(c), "-progressurl",
+                    f"http://127.0.0.1:32400/video/:/transcode/session/{key}/{uid}/progress", "out.ts"],
+                   c.session_dir(key, uid), mode="remote")
+        try:
+            cl.read_until(p.stderr, "transcoder-up", 30)
+            [job] = [j for j in c.api("/api/v1/jobs") if j["state"] == "running"]
+            victim = next(w for w in c.workers if w.name == job["worker"])
+            victim.kill()
+            cl.read_until(p.stderr, "restarting it on another worker", 10)
+            cl.read_until(p.stderr, "transcoder-up", 10)
+            s = scrape(c.orchestrator.url)
+            assert outcome(s, "resumed") == 1 and outcome(s, "remote_failed") == 0
+            assert value(s, "clusterplex_dispatch_latency_seconds_count") == 1      # first start only
+            assert value(s, "workers_active") == 1
+            assert value(s, "clusterplex_worker_state", worker_name=victim.name, state="offline") == 1
+            [r] = c.api("/api/v1/recent")
+            assert r["kind"] == "resumed" and r["worker"] == victim.name and r["session"] == f"{key}/{uid}"
+            assert "lost while running the job" in r["reason"] and "from the last segment" in r["reason"]
+        finally:
+            p.kill()
+            p.communicate(timeout=10)
