@@ -53,10 +53,17 @@ async def accept(request, secret, role, accept_roles, info, log_once, heartbeat=
     return ws, True
 
 
+def _close_timeout(seconds):
+    """ws_connect's close timeout: a float up to aiohttp 3.9, ClientWSTimeout since (float deprecated)."""
+    if hasattr(aiohttp, "ClientWSTimeout"):
+        return {"timeout": aiohttp.ClientWSTimeout(ws_close=seconds)}
+    return {"timeout": seconds}
+
+
 async def connect(session, url, secret, role, expect_role, heartbeat, timeout):
     """Client side: connect and authenticate; return (ws, peer info). Raises on failure."""
     ws = await session.ws_connect(url, heartbeat=heartbeat, autoping=True, max_msg_size=protocol.MAX_MESSAGE,
-                                  timeout=timeout, autoclose=True)
+                                  autoclose=True, **_close_timeout(timeout))
     try:
         hs = protocol.ClientHandshake(secret, role, expect_role)
         hello = await _receive(ws, timeout)
