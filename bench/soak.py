@@ -91,9 +91,10 @@ def main():
                     next_chaos = time.monotonic() + rng.uniform(10, 30)
                     if rng.random() < 0.5:
                         i = rng.randrange(3)
+                        listen = c.workers[i].listen
                         c.workers[i].kill()
                         c.daemons.remove(c.workers[i])
-                        c.workers[i] = c.start_worker(i)
+                        c.workers[i] = c.start_worker(i, listen=listen)   # as systemd would: same address
                         counts["worker_kills"] += 1
                     else:
                         c.restart_orchestrator(kill=rng.random() < 0.5)
