@@ -383,10 +383,16 @@ class Relay:
                                 resp.headers.add(k, v)
                         if up.headers.get("Content-Length") is None:
                             resp.enable_chunked_encoding()
-                        await resp.prepare(request)
-                        async for chunk in up.content.iter_any():
-                            await resp.write(chunk)
-                        await resp.write_eof()
+                        try:
+                            await resp.prepare(request)
+                            async for chunk in up.content.iter_any():
+                                await resp.write(chunk)
+                            await resp.write_eof()
+                        except ConnectionResetError as e:
+                            if isinstance(e, aiohttp.ClientConnectionError) and not _client_side(e):
+                                raise                      # PMS's side broke (current aiohttp)
+                            # PMS killed the transcoder while we answered it: routine
+                            logger.debug("client went away during the answer to %s", request.path[:200])
                         return resp
                 except aiohttp.ClientConnectorError as e:
                     if data is not None or time.monotonic() + delay > deadline:
@@ -404,6 +410,12 @@ class Relay:
             return web.Response(status=502, text=f"PMS unreachable at {self.cfg.plex_url}\n")
         finally:
             self.notifier.status(self.status_line())
+
+
+def _client_side(exc):
+    """Current aiohttp raises ClientConnectionResetError (a ClientConnectionError too) for writes to
+    our client that went away: told apart from PMS's side by the message."""
+    return "closing transport" in str(exc)
 
 
 class _ShimEvents(asyncio.DatagramProtocol):

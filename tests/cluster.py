@@ -123,6 +123,24 @@ class Daemon:
     def log(self):
         return self.log_path.read_text(errors="replace")
 
+    def log_size(self):
+        """A point in the log: pass it as ``since`` to ``wait_log``."""
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def wait_log(self, needle, timeout=10, since=0):
+        """Wait until ``needle`` is logged (after byte offset ``since``); the log text after it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(self.log_path, "rb") as f:
+                f.seek(since)
+                text = f.read().decode(errors="replace")
+            if needle in text:
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name} did not log {needle!r} within {timeout}s; its log since:\n"
+                                     f"{text[-3000:]}")
+            time.sleep(0.02)          # poll interval of the log file
+
     def stop(self, timeout=15):
         if self.proc is None:
             return None

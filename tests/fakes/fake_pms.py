@@ -10,7 +10,7 @@ Routes (PMS behaviour as far as the transcoder sees it):
   POST .../progress/log                                               -> 200
   (all of the above also without {uuid}: the 2016 form)
   POST /video/:/transcode/session/{key}/{uuid}/manifest (body streamed) -> 200
-  GET  /livetv/...                                                    -> 200 dummy
+  GET  /livetv/...                                                    -> 200 dummy (*.ts: 7.5 MiB streamed)
   GET  /identity                                                      -> 200 XML
   GET|PUT|POST /log  (transcoder without a progress URL)              -> 200
   anything else                                                       -> 404
@@ -57,6 +57,7 @@ RECORDED_HEADERS = ("X-Plex-Token", "X-Plex-Http-Pipeline", "Transfer-Encoding",
                     "Content-Length", "User-Agent", "Connection")
 
 _SESSION = r"^/video/:/transcode/session/(?P<key>[^/]+)(?:/(?P<uuid>[^/]+))?"
+TS_SEGMENT_PACKETS = 1024 * 40          # a Live TV segment: 40960 TS packets, 7.5 MiB
 PROGRESS_RE = re.compile(_SESSION + r"/progress(?P<sub>/stream|/streamDetail|/log)?/?$")
 MANIFEST_RE = re.compile(_SESSION + r"/manifest/?$")
 
@@ -266,7 +267,23 @@ class FakePMS:
             "authorized": authorized, "status": status,
         }
         await self._record(rec)
+        if kind == "livetv" and method == "GET" and status == 200 and path.endswith(".ts"):
+            return await self._segment(request)
         return web.Response(status=status, text=text, content_type=ctype)
+
+    async def _segment(self, request):
+        """A Live TV segment: MPEG-TS, megabytes, streamed (clients may go away mid-way)."""
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "video/MP2T"})
+        resp.content_length = TS_SEGMENT_PACKETS * 188
+        await resp.prepare(request)
+        packet = b"\x47" + bytes(187)
+        try:
+            for _ in range(TS_SEGMENT_PACKETS // 1024):
+                await resp.write(packet * 1024)
+        except ConnectionResetError:
+            return resp
+        await resp.write_eof()
+        return resp
 
     # ---------------------------------------------------- in-thread helper ----
     def start_in_thread(self, host: str = "127.0.0.1", port: int = 0, timeout: float = 10) -> "FakePMS":

@@ -2,6 +2,7 @@
 
 import http.client
 import socket
+import struct
 import subprocess
 import uuid
 
@@ -85,6 +86,23 @@ def test_chunked_manifest_post_passes_through_chunked(c):
 def test_response_body_streams_back(c):
     status, body = request(c.relay.listen, "GET", f"{cap()}/livetv/sessions/a/b/index.m3u8?offset=0.000000")
     assert status == 200 and body
+
+
+def test_client_gone_mid_answer_is_not_an_error(c):
+    """PMS kills a transcoder while the relay streams it a Live TV segment: routine, not a traceback."""
+    mark = c.relay.log_size()
+    host, port = c.relay.listen.rsplit(":", 1)
+    h = http.client.HTTPConnection(host, int(port), timeout=10)
+    h.request("GET", f"{cap()}/livetv/sessions/a/b/0.ts")
+    r = h.getresponse()
+    assert r.status == 200 and r.read(4096)[:1] == b"\x47"
+    h.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # RST, as a SIGKILL would
+    r.close()
+    h.close()
+    c.relay.wait_log("client went away", 10, since=mark)
+    status, body = request(c.relay.listen, "GET", f"{cap()}/livetv/sessions/a/b/index.m3u8")
+    assert "Error handling request" not in c.relay.log()[mark:]
+    assert status == 200 and body.startswith("#EXTM3U")
 
 
 @pytest.mark.parametrize("path,reason", [
