@@ -7,6 +7,7 @@ ffmpeg transcode of a generated clip through the whole path.
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -59,6 +60,12 @@ def main():
             print(f"    {n:4d} x {k}")
         print("\n$ clusterplex status")
         subprocess.run(cl.command("clusterplex") + ["status", "--orchestrator", c.orchestrator.url], check=False)
+        print(f"\n$ curl {c.orchestrator.url}/metrics   (ClusterPlex's names; the live page is {c.orchestrator.url}/)")
+        with urllib.request.urlopen(c.orchestrator.url + "/metrics", timeout=10) as r:
+            for line in r.read().decode().splitlines():
+                if line.split(" ")[0] in ("jobs_posted", "jobs_completed", "jobs_succeeded", "workers_active") \
+                        or line.startswith("clusterplex_jobs_total{"):
+                    print("  " + line)
     print(f"\nDone. Segments and logs stay in {out}.")
     return 0
 
