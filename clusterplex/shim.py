@@ -80,9 +80,10 @@ class Remote:
         else:
             self.ws.send_text(protocol.encode({"type": "attach", "job_id": self.job_id}))
 
-    def reattach(self, why):
+    def reattach(self, why, first=False):
         """The orchestrator went away mid-job (restart, upgrade, crash): our transcode keeps running
-        on its worker, so come back for it, for up to ``reattach_timeout`` seconds."""
+        on its worker, so come back for it, for up to ``reattach_timeout`` seconds. ``first``: it
+        was not there to take the job at all (mode remote: submit once it is back)."""
         import time
         if self.reattach_deadline is None:      # one bound per outage, not per connection attempt
             self.reattach_deadline = time.monotonic() + self.cfg.reattach_timeout
@@ -94,12 +95,13 @@ class Remote:
                 found = cache.read(self.cfg.discovery.cache_file)
                 self.url = found["url"] if found else self.url
             try:
-                self.connect(first=False)
+                self.connect(first=first)
                 return True
             except (OSError, WebSocketError, protocol.ProtocolError):
                 time.sleep(min(delay, max(0.0, deadline - time.monotonic())))   # retry backoff
                 delay = min(1.0, delay * 2)
-        say(f"orchestrator {self.url} gone ({why}) and not back within {self.cfg.reattach_timeout}s")
+        if not first:
+            say(f"orchestrator {self.url} gone ({why}) and not back within {self.cfg.reattach_timeout}s")
         return False
 
     def close(self):
@@ -210,7 +212,12 @@ def run(argv, environ=None, cwd=None):
     except protocol.AuthError as e:
         return fail_or_fallback(cfg, argv, f"orchestrator {remote.url} refused us: {e}", True)
     except (OSError, WebSocketError, protocol.ProtocolError) as e:
-        return fail_or_fallback(cfg, argv, f"orchestrator {remote.url} unreachable: {e}", True)
+        if cfg.mode != "remote":
+            return fail_or_fallback(cfg, argv, f"orchestrator {remote.url} unreachable: {e}", True)
+        # Nowhere else to run it: wait out an orchestrator restart rather than fail the play.
+        say(f"orchestrator {remote.url} unreachable ({e}); trying again for up to {cfg.reattach_timeout:g}s")
+        if not remote.reattach(e, first=True):
+            return fail_or_fallback(cfg, argv, f"orchestrator {remote.url} unreachable: {e}", True)
     while True:
         try:
             outcome = remote.follow()

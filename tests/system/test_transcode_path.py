@@ -281,11 +281,15 @@ def test_modes_when_the_orchestrator_is_unreachable(cluster, media):
     argv = [a for a in argv if a not in ("-x_test_hold", "60")] + ["-x_test_startfile", str(start),
                                                                     "-x_test_exit", "0"]
     for mode in ("remote", "both"):
-        cfg = cluster.pms_config(f"down-{mode}", mode=mode, orchestrator="http://127.0.0.1:9")
+        cfg = cluster.pms_config(f"down-{mode}", mode=mode, orchestrator="http://127.0.0.1:9", reattach_timeout=0.5)
         shim = cluster.shim(argv, sdir, config=cfg)
         rc, out, err = finish(shim)
-        if mode == "remote":
-            assert rc == 1 and "unreachable" in err and len(err.strip().splitlines()) == 1
+        if mode == "remote":   # it tried again for reattach_timeout (a restart?), then gave up, in two lines
+            assert rc == 1 and err.strip().splitlines() == [
+                "clusterplex: orchestrator http://127.0.0.1:9 unreachable ([Errno 111] Connection refused); "
+                "trying again for up to 0.5s",
+                "clusterplex: remote transcode failed: orchestrator http://127.0.0.1:9 unreachable: "
+                "[Errno 111] Connection refused"], err
             assert not start.exists()
         else:
             assert rc == 0 and json.loads(start.read_text())["pid"] == shim.pid
@@ -458,6 +462,28 @@ def test_transcodes_survive_an_orchestrator_restart_and_shims_reattach(tmp_path,
         assert "adopted from worker" in c.orchestrator.log() and "shim re-attached" in c.orchestrator.log()
         [job] = [j for j in c.api("/api/v1/jobs") if j["session"] == f"{key}/{uid}"]
         assert job["state"] == "exited" and job["exit_code"] == 187
+
+
+def test_mode_remote_waits_out_an_orchestrator_restart_for_a_new_play(tmp_path, media):
+    """A play started while the orchestrator is down (being restarted) in mode remote (nowhere
+    else to run it) is submitted once it is back, instead of failing."""
+    with cl.Cluster(tmp_path, workers=1) as c:
+        key, uid, sdir = new_session(c)
+        c.orchestrator.kill()
+        shim = c.shim(["-x_test_exit", "5", "-i", str(media), "-progressurl",
+                       f"http://127.0.0.1:32400/video/:/transcode/session/{key}/{uid}/progress", "out.ts"],
+                      sdir, mode="remote")
+        try:
+            cl.read_until(shim.stderr, "trying again for up to 15s", 20)
+            c.restart_orchestrator()
+            rc, out, err = finish(shim, 30)
+        finally:
+            if shim.poll() is None:
+                kill(shim)
+        assert rc == 5, err                  # it ran on the worker and we have its exit code
+        assert "remote transcode failed" not in err
+        [job] = [j for j in c.api("/api/v1/jobs") if j["session"] == f"{key}/{uid}"]
+        assert job["state"] == "exited" and job["exit_code"] == 5
 
 
 # --- draining -----------------------------------------------------------------------------------
