@@ -239,7 +239,7 @@ class Orchestrator:
         if self.ignored:
             states += f", {len(self.ignored)} ignored"
         waiting = f", {len(self.queue)} waiting for a worker" if self.queue else ""
-        return f"{ready} of {total} workers ready{states}, {running} jobs running{waiting}"
+        return f"{ready} of {total} workers ready{states}, {running} job{'' if running == 1 else 's'} running{waiting}"
 
     def _update_status(self):
         self.notifier.status(self.status_line())

@@ -379,7 +379,7 @@ def test_a_job_waits_for_a_free_slot(tmp_path, media):
         argv, sdir, _ = held_job(c, media)
         second = c.shim(argv, sdir, mode="remote")
         try:
-            c.orchestrator.wait_status(r"1 jobs running, 1 waiting for a worker", 10)
+            c.orchestrator.wait_status(r"1 job running, 1 waiting for a worker", 10)
             kill(first)                     # frees the slot while the second waits
             cl.read_until(second.stderr, "transcoder-up", 10)
         finally:
