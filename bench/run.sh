@@ -1,6 +1,6 @@
 #!/bin/bash
 # Benchmarks (README): set up, then measure.
-#   bash bench/run.sh [transcode|scheduler|discovery|all] [options]
+#   bash bench/run.sh [transcode|scheduler|discovery|soak|all] [options]   (soak: --minutes 30; not in all)
 # Default: all. Options go to the chosen benchmark (e.g. --runs 50, --rounds 3).
 # ENV=pypi uses current PyPI releases instead of Debian's libraries.
 set -euo pipefail
