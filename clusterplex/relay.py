@@ -383,14 +383,13 @@ class Relay:
                                 resp.headers.add(k, v)
                         if up.headers.get("Content-Length") is None:
                             resp.enable_chunked_encoding()
-                        try:
-                            await resp.prepare(request)
-                            async for chunk in up.content.iter_any():
-                                await resp.write(chunk)
-                            await resp.write_eof()
-                        except ConnectionResetError as e:
-                            if isinstance(e, aiohttp.ClientConnectionError) and not _client_side(e):
-                                raise                      # PMS's side broke (current aiohttp)
+                        sent = await _to_client(resp.prepare(request))
+                        if sent:
+                            async for chunk in up.content.iter_any():     # PMS's side: errors go below
+                                if not await _to_client(resp.write(chunk)):
+                                    sent = False
+                                    break
+                        if not sent or not await _to_client(resp.write_eof()):
                             # PMS killed the transcoder while we answered it: routine
                             logger.debug("client went away during the answer to %s", request.path[:200])
                         return resp
@@ -412,10 +411,14 @@ class Relay:
             self.notifier.status(self.status_line())
 
 
-def _client_side(exc):
-    """Current aiohttp raises ClientConnectionResetError (a ClientConnectionError too) for writes to
-    our client that went away: told apart from PMS's side by the message."""
-    return "closing transport" in str(exc)
+async def _to_client(write):
+    """Await a write to our client; False if it went away (reset, "Connection lost", "Cannot write
+    to closing transport": builtin ConnectionErrors in aiohttp 3.8 and current)."""
+    try:
+        await write
+        return True
+    except ConnectionError:
+        return False
 
 
 class _ShimEvents(asyncio.DatagramProtocol):
