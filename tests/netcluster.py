@@ -57,3 +57,26 @@ class NetCluster(cl.Cluster):
             self.stop()
             raise
         return self
+
+
+class DirectCluster(NetCluster):
+    """The relay off: PMS (fake) listens on the Plex host's LAN address and every pms.yaml points the
+    workers straight at it. ``allowed_networks``: what Plex must let in without a token (its
+    "allowed without auth" setting), or None to leave the fake PMS's default."""
+
+    def __init__(self, root, lan, allowed_networks=None, **kw):
+        self.allowed_networks = allowed_networks
+        super().__init__(root, lan, **kw)
+
+    def wrap(self, role, cmd):
+        if role == "pms":
+            cmd = [f"{self.orch_host.addr}:0" if a == "127.0.0.1:0" else a for a in cmd]
+            if self.allowed_networks is not None:
+                cmd += ["--allowed-networks", self.allowed_networks]
+        return super().wrap(role, cmd)
+
+    def pms_config(self, name, mode="both", **over):
+        path = super().pms_config(name, mode=mode, **over)
+        data = json.loads(path.read_text())
+        data["relay"].update({"enabled": False, "direct_url": self.pms.url})
+        return cl.write_yaml(path, data)

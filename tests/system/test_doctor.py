@@ -13,7 +13,7 @@ import pytest
 from clusterplex import hardware
 from tests import cluster as cl
 from tests import netns
-from tests.netcluster import NetCluster
+from tests.netcluster import DirectCluster, NetCluster
 from tests.fakes.codec_server import FakeCodecServer
 
 pytestmark = pytest.mark.system
@@ -310,27 +310,12 @@ def test_relay_unreachable_from_the_workers_namespaces(tmp_path):
         assert fails == {("worker0", "relay"), ("", "shim")}      # no Plex installed in this namespace test
 
 
-class DirectPlex(NetCluster):
-    """Relay off: the fake PMS listens on the Plex host's LAN address; pms.yaml sends the workers there."""
-
-    def wrap(self, role, cmd):
-        if role == "pms":
-            cmd = [f"{self.orch_host.addr}:0" if a == "127.0.0.1:0" else a for a in cmd]
-        return super().wrap(role, cmd)
-
-    def pms_config(self, name, mode="both", **over):
-        path = super().pms_config(name, mode=mode, **over)
-        data = json.loads(path.read_text())
-        data["relay"].update({"enabled": False, "direct_url": self.pms.url})
-        return cl.write_yaml(path, data)
-
-
 def test_relay_off_the_workers_must_be_allowed_without_auth(tmp_path):
     why = netns.available()
     if why:
         pytest.fail(why)
     plex, admin = fake_plex(tmp_path / "install")
-    with netns.Lan("dn") as lan, DirectPlex(tmp_path / "c", lan, workers=1) as c:
+    with netns.Lan("dn") as lan, DirectCluster(tmp_path / "c", lan, workers=1) as c:
         (c.media / "a.mkv").write_bytes(b"x")
         cfg = c.pms_config("doctor", original_transcoder=str(plex / NAME) + ".distrib")
         args = ["--role", "pms", "--config", cfg, "--plex-dir", plex, "--dpkg-admindir", admin, "--plex-user", "root",

@@ -2,7 +2,6 @@
 workers call PMS directly at ``relay.direct_url``. Hosts are network namespaces on one bridge, so
 the fake PMS sees each callback's real source address: the worker's, not the relay's 127.0.0.1."""
 
-import json
 import socket
 import uuid
 
@@ -12,7 +11,7 @@ from clusterplex import config
 from tests import cluster as cl
 from tests import netns
 from tests.fakes import fixtures
-from tests.netcluster import NetCluster
+from tests.netcluster import DirectCluster
 
 pytestmark = pytest.mark.system
 
@@ -24,27 +23,6 @@ def need_netns():
     why = netns.available()
     if why:
         pytest.fail(why)   # never a silent skip: CI runs as root
-
-
-class DirectCluster(NetCluster):
-    """PMS (fake) listens on the Plex host's LAN address and, as Plex must be set up without the
-    relay, lets the workers' network in without a token; every pms.yaml turns the relay off."""
-
-    def __init__(self, root, lan, allowed_networks=LAN_NET, **kw):
-        self.allowed_networks = allowed_networks
-        super().__init__(root, lan, **kw)
-
-    def wrap(self, role, cmd):
-        if role == "pms":
-            cmd = [f"{self.orch_host.addr}:0" if a == "127.0.0.1:0" else a for a in cmd]
-            cmd += ["--allowed-networks", self.allowed_networks]
-        return super().wrap(role, cmd)
-
-    def pms_config(self, name, mode="both", **over):
-        path = super().pms_config(name, mode=mode, **over)
-        data = json.loads(path.read_text())
-        data["relay"].update({"enabled": False, "direct_url": self.pms.url})
-        return cl.write_yaml(path, data)
 
 
 @pytest.fixture
@@ -69,7 +47,7 @@ def dash_job(c, clip):
 def test_without_the_relay_the_workers_call_pms_directly(lan, tmp_path):
     clip = tmp_path / "clip.mkv"
     fixtures.make_clip(str(clip), seconds=4)
-    with DirectCluster(tmp_path / "c", lan, workers=2) as c:
+    with DirectCluster(tmp_path / "c", lan, workers=2, allowed_networks=LAN_NET) as c:
         assert c.pms.listen.startswith(c.orch_host.addr + ":")
         c.relay.wait_status(rf"^relay off: workers call PMS at http://{c.orch_host.addr}:\d+; orchestrator http://",
                             10)
