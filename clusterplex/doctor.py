@@ -391,15 +391,6 @@ def divert_query(path, admindir=None, dpkg_divert="dpkg-divert"):
     return parse_divert(outs[0], outs[1], path)
 
 
-def is_shim(path):
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return False
-    return head.startswith(b"#!") and b"clusterplex" in head
-
-
 def uid_of(user):
     try:
         return pwd.getpwnam(user).pw_uid
@@ -683,8 +674,8 @@ def run_pms(opts):
                                 "on a system without dpkg the shim must replace Plex's transcoder by hand"))
     else:
         distrib = path + ".distrib"
-        findings.append(check_shim(path, diversion, os.path.exists(path), is_shim(path), os.path.exists(distrib),
-                                   is_shim(distrib), cfg.original_transcoder))
+        findings.append(check_shim(path, diversion, os.path.exists(path), runner.is_shim(path), os.path.exists(distrib),
+                                   runner.is_shim(distrib), cfg.original_transcoder))
 
     # Plex's transcode directory
     plex_dir = source = ""

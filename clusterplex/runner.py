@@ -33,6 +33,16 @@ def _die_with_parent(parent_pid):
     return setup
 
 
+def is_shim(path):
+    """True if ``path`` is ClusterPlex's own shim (running it as the transcoder would loop back to us)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"#!") and b"clusterplex" in head
+
+
 def under(path, root):
     """True if ``path`` (resolved) lies inside ``root`` (resolved)."""
     path, root = os.path.realpath(path), os.path.realpath(root)

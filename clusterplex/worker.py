@@ -30,21 +30,11 @@ RECHECK_INTERVAL = 2.0
 LOAD_INTERVAL = 1.0
 
 
-def is_shim(path):
-    """True if ``path`` is ClusterPlex's own shim (running it would loop back to us)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return False
-    return head.startswith(b"#!") and b"clusterplex" in head
-
-
 def resolve_transcoder(path):
     """(usable path or None, reason). A shim at Plex's path means: use Plex's diverted binary."""
-    if is_shim(path):
+    if runner.is_shim(path):
         distrib = path + ".distrib"
-        if os.path.exists(distrib) and not is_shim(distrib):
+        if os.path.exists(distrib) and not runner.is_shim(distrib):
             return distrib, ""
         return None, (f"transcoder {path} is the ClusterPlex shim, not Plex's transcoder; "
                       f"point `transcoder` at Plex's real binary ({config.DIVERTED_TRANSCODER} on a Plex host)")
