@@ -703,8 +703,15 @@ class CodecManager:
             if why is not None:
                 raise _Failure(f"bad library {name}.so: {why}", kind="bad")
             committing = True            # from here the thread owns f (even if we are cancelled)
+            commit = asyncio.ensure_future(asyncio.to_thread(_commit, f, tmp, final))
             try:
-                await asyncio.to_thread(_commit, f, tmp, final)
+                await asyncio.shield(commit)
+            except asyncio.CancelledError:
+                # A cancel must not cancel the commit before its thread starts: f would never be
+                # closed. Let it finish (fsync and rename of a verified library), then stop.
+                await asyncio.wait([commit])
+                commit.exception()       # retrieved: a failed commit leaves only tmp, removed by our caller
+                raise
             except OSError as e:
                 raise self._disk_failure(e, final) from None
         finally:
