@@ -14,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clusterplex import capabilities, registry, scheduler  # noqa: E402
+from clusterplex.core import capabilities
+from clusterplex.orchestrator import registry, scheduler
 
 HW = [[], [], ["h264:vaapi:decode", "hevc:vaapi:decode", "h264:vaapi:encode", "hevc:vaapi:encode"],
       ["h264:nvdec:decode", "hevc:nvdec:decode", "av1:nvdec:decode", "h264:nvenc:encode", "hevc:nvenc:encode"]]

@@ -21,9 +21,9 @@ import os
 import socket
 import sys
 
-from . import args as plexargs
-from . import cache, config, policy, protocol
-from .miniws import WebSocket, WebSocketError
+from .core import args as plexargs
+from .core import cache, config, policy, protocol
+from .core.miniws import WebSocket, WebSocketError
 
 EX_REMOTE_FAILED = 1
 RECV_TIMEOUT = 10.0      # the orchestrator pings every few seconds; silence this long = gone
@@ -245,7 +245,7 @@ def run(argv, environ=None, cwd=None):
 
 def resumed(argv, cwd):
     """The arguments that continue this transcode after its last complete segment (or as they were)."""
-    from . import resume
+    from .core import resume
     try:
         plan = resume.plan(argv, os.listdir(cwd))
     except OSError:

@@ -19,8 +19,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from clusterplex import codecs
-from clusterplex import hardware as hw
+from clusterplex.worker import codecs
+from clusterplex.worker import hardware as hw
 from tests.fakes.codec_server import DEFAULT_LICENSE, ET_EXEC, FakeCodecServer, elf_library
 
 REPO = Path(__file__).resolve().parents[2]
@@ -111,7 +111,7 @@ def test_first_download_then_nothing_to_do(srv, tmp_path):
 def test_progress_logged_at_most_every_ten_percent(srv, tmp_path, caplog):
     libs = [f"libc{i}_decoder" for i in range(30)]
     fill(srv, libs=libs, size=2000)
-    with caplog.at_level(logging.INFO, logger="clusterplex.codecs"):
+    with caplog.at_level(logging.INFO, logger="clusterplex.worker.codecs"):
         st = asyncio.run(manager(tmp_path, srv, libs=libs, concurrency=4).ensure())
     assert st.state == "ready"
     steps = [r.getMessage() for r in caplog.records if re.fullmatch(r"codecs \d+/30 \(\d+%\)", r.getMessage())]
@@ -167,7 +167,7 @@ def test_resume_after_cancelled_run(srv, tmp_path):
 
 KILLED_WORKER = r"""
 import asyncio, sys
-from clusterplex import codecs
+from clusterplex.worker import codecs
 
 real_open = codecs._open_tmp
 

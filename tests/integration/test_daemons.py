@@ -9,7 +9,9 @@ import subprocess
 import aiohttp
 import pytest
 
-from clusterplex import link, protocol, worker
+from clusterplex.common import link
+from clusterplex.core import protocol
+from clusterplex.worker import runner
 from tests import cluster as cl
 
 
@@ -131,13 +133,13 @@ def test_worker_never_runs_the_shim(tmp_path):
     plex = tmp_path / "Plex Transcoder"
     plex.write_text("#!/usr/bin/python3\nfrom clusterplex.shim import main\nmain()\n")
     plex.chmod(0o755)
-    path, why = worker.resolve_transcoder(str(plex))
+    path, why = runner.resolve_transcoder(str(plex))
     assert path is None and "is the ClusterPlex shim" in why
     distrib = tmp_path / "Plex Transcoder.distrib"
     distrib.write_bytes(b"\x7fELF...")
     distrib.chmod(0o755)
-    assert worker.resolve_transcoder(str(plex)) == (str(distrib), "")
-    assert worker.resolve_transcoder(str(tmp_path / "nope"))[1].endswith("not found (install Plex Media Server "
+    assert runner.resolve_transcoder(str(plex)) == (str(distrib), "")
+    assert runner.resolve_transcoder(str(tmp_path / "nope"))[1].endswith("not found (install Plex Media Server "
                                                                          "here or set `transcoder`)")
 
 
@@ -198,7 +200,7 @@ def test_worker_keeps_an_unconfirmed_exit_for_the_next_orchestrator(c, lone_work
 def test_reattach_to_an_unknown_job_is_answered_not_dropped(c):
     """The orchestrator waits for workers to report a re-attaching shim's job; meanwhile the
     connection's heartbeat must go on (it used to be dropped after 1.5 s, and the shim retried forever)."""
-    from clusterplex.miniws import WebSocket
+    from clusterplex.core.miniws import WebSocket
     host, port = c.orchestrator.listen.rsplit(":", 1)
     ws = WebSocket.connect(host, int(port), protocol.SHIM_PATH, 5)
     hs = protocol.ClientHandshake(cl.SECRET.encode(), protocol.ROLE_SHIM, protocol.ROLE_ORCHESTRATOR)

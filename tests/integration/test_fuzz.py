@@ -13,7 +13,7 @@ import socket
 import aiohttp
 import pytest
 
-from clusterplex import protocol
+from clusterplex.core import protocol
 from tests import cluster as cl
 
 pytestmark = pytest.mark.timeout(180)

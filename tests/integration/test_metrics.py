@@ -15,7 +15,7 @@ import asyncio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from clusterplex import protocol
+from clusterplex.core import protocol
 from tests import cluster as cl
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
@@ -465,7 +465,7 @@ def test_live_clients_are_limited(c):
 
 
 def test_codec_provisioning_state_is_exported(tmp_path):
-    from clusterplex import hardware
+    from clusterplex.worker import hardware
     from tests.fakes.codec_server import FakeCodecServer, elf_library
     version, arch, libs = "1a2b3c4-5678", hardware.plex_arch(), ["libh264_decoder", "libaac_decoder", "libaac_encoder"]
     transcoder = tmp_path / "Plex Transcoder"

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from clusterplex import protocol
+from clusterplex.core import protocol
 from tests import cluster as cl
 
 

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from clusterplex import config, protocol
-from clusterplex import token as jt
+from clusterplex.core import config, protocol
+from clusterplex.common import token as jt
 from tests import cluster as cl
 
 SECRET = cl.SECRET.encode()

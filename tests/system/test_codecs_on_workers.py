@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from clusterplex import hardware
+from clusterplex.worker import hardware
 from tests import cluster as cl
 from tests.fakes.codec_server import FakeCodecServer, elf_library
 

@@ -122,7 +122,7 @@ def test_worker_record_follows_its_state(lan, tmp_path):
     """The TXT record says ready / not_ready as the worker's state changes (seen by a plain browser)."""
     import asyncio
     import shutil
-    from clusterplex import discovery
+    from clusterplex.common import discovery
 
     missing = tmp_path / "bin" / "transcoder"
     with NetCluster(tmp_path, lan, workers=1, worker_overrides={0: {"transcoder": str(missing)}},

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterplex import hardware
+from clusterplex.worker import hardware
 from tests import cluster as cl
 from tests import netns
 from tests.netcluster import DirectCluster, NetCluster

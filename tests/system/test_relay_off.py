@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from clusterplex import config
+from clusterplex.core import config
 from tests import cluster as cl
 from tests import netns
 from tests.fakes import fixtures

@@ -20,7 +20,7 @@ import uuid
 import aiohttp
 import pytest
 
-from clusterplex import protocol
+from clusterplex.core import protocol
 from tests import cluster as cl
 
 pytestmark = pytest.mark.system

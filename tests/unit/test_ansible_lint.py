@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clusterplex import config
+from clusterplex.core import config
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"

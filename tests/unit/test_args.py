@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterplex import args
+from clusterplex.core import args
 
 FIXTURES = Path(__file__).resolve().parent.parent / "data" / "plex-argv"
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterplex import capabilities
+from clusterplex.core import capabilities
 
 FIXTURES = Path(__file__).resolve().parent.parent / "data" / "plex-argv"
 

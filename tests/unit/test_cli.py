@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from clusterplex import cli
+from clusterplex.cli import commands as cli
 
 WORKER_KEYS = {"name", "address", "source", "state", "busy", "reason", "running_jobs", "max_jobs", "load_cpu",
                "weight", "priority", "cpus", "arch", "memory", "gpus", "hw_codecs", "plex_codecs", "eae", "version"}

@@ -1,4 +1,4 @@
-"""clusterplex.codecs, the pure parts: codec list files, URLs and directory names, ELF checks
+"""clusterplex.worker.codecs, the pure parts: codec list files, URLs and directory names, ELF checks
 (minimal headers built here, and a real library of this machine), arch naming from recorded
 ``uname`` output, prune plans, backoff, the state summary, the EAE API's XML."""
 
@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 import _ctypes
-from clusterplex import codecs
-from clusterplex import hardware as hw
+from clusterplex.worker import codecs
+from clusterplex.worker import hardware as hw
 from tests.fakes.codec_server import ET_EXEC, elf_header, elf_library
 
 X86, ARM64, ARMV7 = "linux-x86_64-standard", "linux-aarch64-standard", "linux-armv7neon-standard"

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from clusterplex import config
+from clusterplex.core import config
 
 
 def parse(kind, text):

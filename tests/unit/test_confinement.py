@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterplex import runner
+from clusterplex.worker import runner
 
 FIXTURES = Path(__file__).resolve().parent.parent / "data" / "plex-argv"
 CWD = "/transcode/Transcode/Sessions/plex-transcode-k-u"

@@ -3,7 +3,7 @@
 import asyncio
 import logging
 
-from clusterplex import daemon
+from clusterplex.common import daemon
 
 
 def test_failed_ping_to_a_vanished_peer_is_one_debug_line(caplog):

@@ -1,4 +1,6 @@
-from clusterplex import discovery, hardware, protocol
+from clusterplex.common import discovery
+from clusterplex.worker import hardware
+from clusterplex.core import protocol
 
 FULL_HW = {"cpu": {"model": "x" * 300, "threads": 64, "arch": "x86_64", "benchmark": 64000.0,
                    "benchmark_per_thread": 1000.0},

@@ -1,4 +1,4 @@
-"""clusterplex.hardware: parsers, codec rules, codec version scan, benchmark cache, TXT summary,
+"""clusterplex.worker.hardware: parsers, codec rules, codec version scan, benchmark cache, TXT summary,
 and detect() on recorded machines (tests/data/hardware, see its README) and on this machine."""
 
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from clusterplex import hardware as hw
+from clusterplex.worker import hardware as hw
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "hardware"
 MACHINES = DATA / "machines"

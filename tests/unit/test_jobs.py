@@ -1,4 +1,4 @@
-from clusterplex import jobs
+from clusterplex.orchestrator import jobs
 
 
 def spec():

@@ -6,7 +6,8 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from clusterplex import feed, jobs, metrics, registry
+from clusterplex.orchestrator import feed, jobs, metrics, registry
+from clusterplex.relay import metrics as relay_metrics
 
 
 class State:
@@ -138,7 +139,7 @@ class RelayState:
 
 
 def test_relay_counts_by_status_class_and_refusal_reason():
-    m = metrics.RelayMetrics(RelayState())
+    m = relay_metrics.RelayMetrics(RelayState())
     m.forwarded(200, 0.003)
     m.forwarded(206, 0.004)
     m.forwarded(404, 0.002)
@@ -203,7 +204,7 @@ def test_sse_framing():
 
 
 def test_progress_reports_come_from_progress_callbacks_with_a_capability():
-    from clusterplex import relay
+    from clusterplex.relay import server as relay
     cap = "/_cp/" + "a" * 32 + "/" + "0" * 32
     assert relay.progress_report(cap + "/video/:/transcode/session/k/u/progress?progress=12.5&size=1") == \
         ("a" * 32, "0" * 32, 12.5)
@@ -218,6 +219,6 @@ def test_progress_reports_come_from_progress_callbacks_with_a_capability():
 
 
 def test_codec_states_are_the_ones_workers_report():
-    from clusterplex import codecs
+    from clusterplex.worker import codecs
     assert set(metrics.CODEC_STATES) == {codecs.IDLE, codecs.DOWNLOADING, codecs.READY, codecs.ERROR}
     assert codecs.CodecState(state=codecs.DOWNLOADING, present=3, total=5).as_dict()["state"] in metrics.CODEC_STATES

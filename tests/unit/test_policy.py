@@ -2,7 +2,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from clusterplex import policy
+from clusterplex.core import policy
 
 FIXTURES = Path(__file__).resolve().parent.parent / "data" / "plex-argv"
 

@@ -1,6 +1,6 @@
 import pytest
 
-from clusterplex import protocol
+from clusterplex.core import protocol
 
 SECRET = b"k" * 40
 

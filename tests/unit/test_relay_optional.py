@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from clusterplex import args, config, protocol, shim
+from clusterplex.core import args, config, protocol
+from clusterplex import shim
 
 FIXTURES = Path(__file__).resolve().parent.parent / "data" / "plex-argv"
 SECRET = b"s3cr3t-" + b"0123456789abcdef" * 3

@@ -1,6 +1,7 @@
 import pytest
 
-from clusterplex import protocol, relay
+from clusterplex.core import protocol
+from clusterplex.relay import server as relay
 
 SECRET = b"r" * 40
 JOB = "0123456789abcdef" * 2

@@ -1,9 +1,9 @@
-"""clusterplex.resume: where a new transcoder picks up a dead worker's segmented job."""
+"""clusterplex.core.resume: where a new transcoder picks up a dead worker's segmented job."""
 import copy
 
 import pytest
 
-from clusterplex import resume
+from clusterplex.core import resume
 from tests.fakes.fixtures import load_argv
 
 

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from clusterplex import args as plexargs
-from clusterplex import rewrite as rw
+from clusterplex.core import args as plexargs
+from clusterplex.worker import rewrite as rw
 
 FIXTURES = Path(__file__).resolve().parent.parent / "data" / "plex-argv"
 FFMPEG = "/usr/bin/ffmpeg"

@@ -1,6 +1,7 @@
 import pytest
 
-from clusterplex import capabilities, registry, scheduler
+from clusterplex.core import capabilities
+from clusterplex.orchestrator import registry, scheduler
 
 
 def make(workers):

@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 
-from . import config
+from ..core import config
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,4 @@
-"""Prometheus metrics of the orchestrator and the relay, in one place.
-
-Each daemon object owns its own ``CollectorRegistry`` (never the library's
-global one), so several daemons or tests in one process do not clash.
-Counters and histograms are plain numbers updated by the daemons' event
-handlers; gauges are read from the daemon's state when Prometheus scrapes.
+"""The orchestrator's Prometheus metrics.
 
 ClusterPlex's own names are kept, so its Grafana dashboard works unchanged:
 ``jobs_posted``, ``jobs_completed``, ``jobs_succeeded``, ``jobs_failed``,
@@ -18,28 +13,12 @@ docs/operators.md for the list.
 import time
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from . import __version__, registry, scheduler
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-# How jobs end up (clusterplex_jobs_total{outcome}). The orchestrator counts a job once in
-# remote_ok, remote_failed, cancelled or no_worker, and resumed and fell_back_local as they
-# happen (a job without a worker that Plex then runs locally counts in no_worker and in
-# fell_back_local). The relay counts, with a ``why`` label, what the shim on its host runs
-# locally without the orchestrator knowing: forced_local (mode local, detection passes,
-# local_rules) and fell_back_local when the cluster was unreachable. Sum both by outcome.
-REMOTE_OK = "remote_ok"
-REMOTE_FAILED = "remote_failed"
-CANCELLED = "cancelled"
-NO_WORKER = "no_worker"
-FELL_BACK_LOCAL = "fell_back_local"
-FORCED_LOCAL = "forced_local"
-RESUMED = "resumed"
-OUTCOMES = (REMOTE_OK, REMOTE_FAILED, CANCELLED, NO_WORKER, FELL_BACK_LOCAL, RESUMED)
-SHIM_EVENTS = {FORCED_LOCAL: ("mode_local", "detection", "local_rules"), FELL_BACK_LOCAL: ("cluster_unreachable",)}
+from ..common.metrics import (CANCELLED, CONTENT_TYPE, FELL_BACK_LOCAL, NO_WORKER, OUTCOMES, REMOTE_FAILED,  # noqa: F401
+                              REMOTE_OK, RESUMED, Histogram, build_info, counter_family, histogram_family, number)
+from . import registry, scheduler
 
 LEGACY_COUNTERS = (
     ("jobs_posted", "Jobs Posted"),
@@ -51,69 +30,10 @@ LEGACY_COUNTERS = (
 
 DISPATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0)
-RELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0)
 
 WORKER_STATES = (registry.CONNECTING, registry.READY, registry.NOT_READY, registry.DRAINING, registry.OFFLINE)
 CODEC_STATES = ("idle", "downloading", "ready", "error")
 JOB_STATES = ("pending", "assigned", "running")
-RELAY_REFUSALS = (          # clusterplex_relay_refused_total{reason}: reason text -> label
-    ("read the metrics", "metrics_peer"),
-    ("CONNECT", "method"),
-    ("not joined", "not_joined"),
-    ("not a known worker", "peer"),
-    ("capability", "capability"),
-    ("request targets", "target"),
-    ("path", "path"),
-)
-
-
-class Histogram:
-    """Bucket counts and a sum (pure); ``buckets()`` in the exposition's cumulative form."""
-
-    def __init__(self, bounds):
-        self.bounds = tuple(sorted(bounds))
-        self.counts = [0] * (len(self.bounds) + 1)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value):
-        value = max(0.0, float(value))
-        for i, bound in enumerate(self.bounds):
-            if value <= bound:
-                break
-        else:
-            i = len(self.bounds)
-        self.counts[i] += 1
-        self.sum += value
-        self.count += 1
-
-    def buckets(self):
-        out, total = [], 0
-        for bound, n in zip(self.bounds + (float("inf"),), self.counts):
-            total += n
-            out.append((floatToGoString(bound), total))
-        return out
-
-
-def _histogram_family(name, doc, hists, labelnames=()):
-    fam = HistogramMetricFamily(name, doc, labels=list(labelnames))
-    for labels, h in sorted(hists.items()):
-        fam.add_metric(list(labels), h.buckets(), h.sum)
-    return fam
-
-
-def _counter_family(name, doc, counts, labelname):
-    fam = CounterMetricFamily(name, doc, labels=[labelname])
-    for label, n in sorted(counts.items()):
-        fam.add_metric([label], n)
-    return fam
-
-
-def relay_refusal_label(reason):
-    for needle, label in RELAY_REFUSALS:
-        if needle in reason:
-            return label
-    return "other"
 
 
 def worker_names(workers):
@@ -205,14 +125,14 @@ class OrchestratorMetrics:
                 fam.add_metric([names[w.key]], value(w, now))
             yield fam
 
-        yield _counter_family("clusterplex_jobs", "Jobs by how they ended up (see docs/operators.md)",
+        yield counter_family("clusterplex_jobs", "Jobs by how they ended up (see docs/operators.md)",
                               self.outcomes, "outcome")
-        yield _histogram_family("clusterplex_dispatch_latency_seconds",
+        yield histogram_family("clusterplex_dispatch_latency_seconds",
                                 "Time from a shim's submission to the transcoder running on a worker",
                                 {(): self.dispatch})
-        yield _histogram_family("clusterplex_job_duration_seconds",
+        yield histogram_family("clusterplex_job_duration_seconds",
                                 "Time jobs ran on a worker, by outcome", self.durations, ("outcome",))
-        yield _counter_family("clusterplex_job_refusals", "Jobs a worker refused to start",
+        yield counter_family("clusterplex_job_refusals", "Jobs a worker refused to start",
                               self.refusals, "worker_name")
         by_state = {s: 0 for s in JOB_STATES}
         for job in orch.jobs.active():
@@ -268,75 +188,9 @@ class OrchestratorMetrics:
             if isinstance(codecs, dict) and codecs.get("state") in CODEC_STATES:
                 for s in CODEC_STATES:
                     cstate.add_metric([n, s], 1 if codecs["state"] == s else 0)
-                cpresent.add_metric([n], _number(codecs.get("present")))
-                ctotal.add_metric([n], _number(codecs.get("total")))
+                cpresent.add_metric([n], number(codecs.get("present")))
+                ctotal.add_metric([n], number(codecs.get("total")))
         yield from (state, info, running, max_jobs, cpus, bench, gpus, hw, cstate, cpresent, ctotal)
-        yield _build_info("orchestrator")
+        yield build_info("orchestrator")
 
 
-class RelayMetrics:
-    """The relay's metrics. ``relay`` provides ``secret`` and ``worker_ips``, read at scrape time."""
-
-    def __init__(self, relay):
-        self.relay = relay
-        self.requests = {}           # status class ("2xx", ..., "error") -> count
-        self.refused = {}            # refusal label -> count
-        self.latency = Histogram(RELAY_BUCKETS)
-        self.local = {(o, why): 0 for o, whys in SHIM_EVENTS.items() for why in whys}
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self)
-
-    def forwarded(self, status, seconds=None):
-        """A request relayed to PMS; ``status``: PMS's HTTP status, or None when PMS was unreachable
-        or the stream broke; ``seconds``: until PMS's response headers."""
-        key = f"{status // 100}xx" if isinstance(status, int) else "error"
-        self.requests[key] = self.requests.get(key, 0) + 1
-        if seconds is not None:
-            self.latency.observe(seconds)
-
-    def refusal(self, reason):
-        label = relay_refusal_label(reason)
-        self.refused[label] = self.refused.get(label, 0) + 1
-
-    def shim_event(self, data):
-        """A datagram from the shim (``b"forced_local detection"``); False if it is not one."""
-        try:
-            outcome, why = data.decode("ascii").split(" ")
-        except (UnicodeDecodeError, ValueError):
-            return False
-        if why not in SHIM_EVENTS.get(outcome, ()):
-            return False
-        self.local[(outcome, why)] += 1
-        return True
-
-    def exposition(self):
-        return generate_latest(self.registry)
-
-    def collect(self):
-        yield _counter_family("clusterplex_relay_requests", "Callbacks relayed to PMS, by PMS's status class "
-                              "(error: PMS unreachable or the stream broke)", self.requests, "code")
-        yield _counter_family("clusterplex_relay_refused", "Requests the relay refused, by reason",
-                              self.refused, "reason")
-        fam = CounterMetricFamily("clusterplex_jobs", "Plays the shim on this host ran with Plex's own "
-                                  "transcoder without the orchestrator knowing", labels=["outcome", "why"])
-        for (outcome, why), n in sorted(self.local.items()):
-            fam.add_metric([outcome, why], n)
-        yield fam
-        yield _histogram_family("clusterplex_relay_latency_seconds",
-                                "Time from a callback's arrival to PMS's response headers", {(): self.latency})
-        yield GaugeMetricFamily("clusterplex_relay_joined", "1 when the relay has the cluster secret",
-                                value=1 if self.relay.secret is not None else 0)
-        yield GaugeMetricFamily("clusterplex_relay_workers_known",
-                                "Worker addresses the relay answers (learnt from the orchestrator)",
-                                value=len(self.relay.worker_ips))
-        yield _build_info("relay")
-
-
-def _build_info(daemon):
-    fam = GaugeMetricFamily("clusterplex_build_info", "Version of this daemon (always 1)", labels=["daemon", "version"])
-    fam.add_metric([daemon, __version__], 1)
-    return fam
-
-
-def _number(value):
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0

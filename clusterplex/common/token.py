@@ -28,7 +28,7 @@ import secrets
 import stat
 import string
 
-from .config import MIN_SECRET_LEN
+from ..core.config import MIN_SECRET_LEN
 
 PREFIX = "cpx1"
 SECRET_ALPHABET = string.ascii_letters + string.digits

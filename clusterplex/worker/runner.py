@@ -11,8 +11,8 @@ import ctypes
 import os
 import signal
 
-from . import args as plexargs
-from . import policy
+from ..core import args as plexargs
+from ..core import config, policy
 
 PR_SET_PDEATHSIG = 1
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -41,6 +41,21 @@ def is_shim(path):
     except OSError:
         return False
     return head.startswith(b"#!") and b"clusterplex" in head
+
+
+def resolve_transcoder(path):
+    """(usable path or None, reason). A shim at Plex's path means: use Plex's diverted binary."""
+    if is_shim(path):
+        distrib = path + ".distrib"
+        if os.path.exists(distrib) and not is_shim(distrib):
+            return distrib, ""
+        return None, (f"transcoder {path} is the ClusterPlex shim, not Plex's transcoder; "
+                      f"point `transcoder` at Plex's real binary ({config.DIVERTED_TRANSCODER} on a Plex host)")
+    if not os.path.exists(path):
+        return None, f"transcoder {path} not found (install Plex Media Server here or set `transcoder`)"
+    if not os.access(path, os.X_OK) or os.path.isdir(path):
+        return None, f"transcoder {path} is not executable"
+    return path, ""
 
 
 def under(path, root):

@@ -19,7 +19,7 @@ of extra load until the measurement catches up. Ties go round robin, so a
 burst of 6 jobs on 3 idle, equal workers spreads 2-2-2.
 """
 
-from . import capabilities
+from ..core import capabilities
 
 STRATEGIES = ("RR", "LOAD_CPU", "LOAD_TASKS", "LOAD_RANK")
 SETTLE = 5.0

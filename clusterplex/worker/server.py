@@ -20,29 +20,16 @@ import time
 import psutil
 from aiohttp import web
 
-from . import (__version__, capabilities, codecs, config, daemon, discovery, doctor, eae, hardware, link,
-               policy, protocol, resume, rewrite, runner)
+from .. import __version__
+from ..core import capabilities, config, policy, protocol, resume
+from . import codecs, eae, hardware, probe, rewrite, runner
+from ..common import daemon, discovery, link
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("clusterplex.worker")
 
 READY, NOT_READY, DRAINING = "ready", "not_ready", "draining"
 RECHECK_INTERVAL = 2.0
 LOAD_INTERVAL = 1.0
-
-
-def resolve_transcoder(path):
-    """(usable path or None, reason). A shim at Plex's path means: use Plex's diverted binary."""
-    if runner.is_shim(path):
-        distrib = path + ".distrib"
-        if os.path.exists(distrib) and not runner.is_shim(distrib):
-            return distrib, ""
-        return None, (f"transcoder {path} is the ClusterPlex shim, not Plex's transcoder; "
-                      f"point `transcoder` at Plex's real binary ({config.DIVERTED_TRANSCODER} on a Plex host)")
-    if not os.path.exists(path):
-        return None, f"transcoder {path} not found (install Plex Media Server here or set `transcoder`)"
-    if not os.access(path, os.X_OK) or os.path.isdir(path):
-        return None, f"transcoder {path} is not executable"
-    return path, ""
 
 
 MAX_DETACHED_OUTPUT = 256 * 1024     # bytes of output kept for a job while no orchestrator follows it
@@ -234,7 +221,7 @@ class Worker:
                 self._spawn(self.announcement.update(self._txt()))
         if self.secret is None:
             reasons.append(f"not joined: {self.secret_error}")
-        self.transcoder, why = resolve_transcoder(self.cfg.transcoder)
+        self.transcoder, why = runner.resolve_transcoder(self.cfg.transcoder)
         if why:
             reasons.append(why)
         if self.codecs is not None and not self.codecs.state.ready:
@@ -479,12 +466,12 @@ class Worker:
         try:
             if not (isinstance(probe_id, str) and 8 <= len(probe_id) <= 64 and probe_id.isalnum()):
                 raise protocol.ProtocolError("probe_id must be 8-64 alphanumeric characters")
-            probe = protocol.check_probe(msg.get("probe"))
+            request = protocol.check_probe(msg.get("probe"))
         except protocol.ProtocolError as e:
             self.log_once.warning(("probe", peer.name), "ignoring a malformed probe from %s: %s", peer.name, e)
             return
         self.evaluate()
-        _, problem = resolve_transcoder(self.cfg.transcoder)
+        _, problem = runner.resolve_transcoder(self.cfg.transcoder)
         st = self.codecs.state if self.codecs is not None else None
         facts = {"name": self.name, "version": __version__, "state": self.state, "reason": self.reason,
                  "transcoder": self.transcoder or self.cfg.transcoder, "transcoder_problem": problem,
@@ -496,7 +483,7 @@ class Worker:
                             "state": st.state if st else None, "present": st.present if st else 0,
                             "total": st.total if st else 0, "reason": st.reason if st else ""},
                  "fingerprint": protocol.secret_fingerprint(self.secret) if self.secret else ""}
-        result = await doctor.probe_here(probe, facts)
+        result = await probe.probe_here(request, facts)
         logger.info("doctor probe from %s answered", peer.name)
         peer.post({"type": "probe_result", "probe_id": probe_id, "result": result})
 
@@ -620,6 +607,3 @@ class Worker:
 def main(argv=None):
     return daemon.main("clusterplex-worker", "worker", Worker, argv)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -20,9 +20,11 @@ import time
 import aiohttp
 from aiohttp import web
 
-from . import cache, config, daemon, discovery, metrics, protocol
+from ..core import cache, config, protocol
+from ..common import daemon, discovery
+from . import metrics
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("clusterplex.relay")
 
 ALLOWED_PREFIXES = ("/video/:/transcode/", "/livetv/")
 HOP_BY_HOP = frozenset(h.lower() for h in (
@@ -432,6 +434,3 @@ class _ShimEvents(asyncio.DatagramProtocol):
 def main(argv=None):
     return daemon.main("clusterplex-relay", "pms", Relay, argv)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

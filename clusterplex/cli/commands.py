@@ -26,7 +26,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from . import cache, config, protocol, token
+from ..core import cache, config, protocol
+from ..common import token
 
 EX_UNAVAILABLE = 69
 EX_TEMPFAIL = 75
@@ -846,6 +847,3 @@ def main(argv=None):
     except BrokenPipeError:       # `clusterplex jobs | head`
         return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

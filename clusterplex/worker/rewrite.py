@@ -112,7 +112,7 @@ Settings (the worker's rewrite configuration; a dict, a namespace or a
 import re
 from dataclasses import dataclass, field
 
-from . import args as plexargs
+from ..core import args as plexargs
 
 HWACCEL_MODES = ("none", "auto", "vaapi", "qsv", "nvenc")
 AUTO_ORDER = ("nvenc", "vaapi", "qsv")

@@ -46,7 +46,7 @@ import zipfile
 
 import aiohttp
 
-from . import __version__
+from .. import __version__
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,12 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from . import (__version__, capabilities, config, daemon, discovery, feed, jobs, link, metrics, protocol, registry,
-               scheduler)
+from .. import __version__
+from ..core import capabilities, config, protocol
+from ..common import daemon, discovery, link
+from . import feed, jobs, metrics, registry, scheduler
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("clusterplex.orchestrator")
 
 RECONNECT_MIN = 0.2
 RECONNECT_MAX = 5.0
@@ -780,6 +782,3 @@ class Orchestrator:
 def main(argv=None):
     return daemon.main("clusterplex-orchestrator", "orchestrator", Orchestrator, argv)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

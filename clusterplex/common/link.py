@@ -6,7 +6,7 @@ import logging
 import aiohttp
 from aiohttp import web
 
-from . import protocol
+from ..core import protocol
 
 logger = logging.getLogger(__name__)
 

@@ -128,7 +128,7 @@ class Mdns:
 
 async def open_mdns(interfaces):
     """A started ``Mdns`` on ``interfaces``, or a StartupError (exit 78) that names them."""
-    from .config import EX_CONFIG
+    from ..core.config import EX_CONFIG
     from .daemon import StartupError
     mdns = Mdns(interfaces)
     try:
