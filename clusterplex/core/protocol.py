@@ -1,4 +1,4 @@
-"""The wire protocol, in one place.
+"""The wire protocol: transport, handshake, capabilities, limits and validation.
 
 Transport: WebSocket text frames, one JSON object per frame, each with a
 ``type``. Used between shim -> orchestrator (``SHIM_PATH``) and
@@ -16,18 +16,8 @@ Authentication (mutual, the secret never crosses the wire)::
 N_s is fresh for every connection, so a recorded ``auth`` cannot be replayed.
 Roles are bound into the MAC, so a proof cannot be reflected to another role.
 
-Messages after the handshake (``job`` objects are checked by ``check_job``)::
-
-    shim -> orchestrator     submit {job, mode}      cancel {}
-    orchestrator -> shim     assigned {worker, address}   started {worker, pid}
-                             out {fd, data}   exit {code, signal?}
-                             failed {reason, started: bool, fallback: bool}
-    orchestrator -> worker   start {job}   cancel {job_id}
-    worker -> orchestrator   status {worker status}   load {cpu, running}
-                             refused {job_id, reason}   started {job_id, pid}
-                             out {job_id, fd, data}   exit {job_id, code, signal?}
-
-``out.data`` is the raw bytes decoded as latin-1, so any byte survives JSON.
+Messages after the handshake are declared in ``messages`` (types, builders, who accepts
+what); ``job`` objects are checked by ``check_job``.
 
 ``clusterplex doctor`` (authenticated as a shim, checked by ``check_probe`` and
 ``check_probe_result``)::
