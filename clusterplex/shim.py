@@ -22,7 +22,7 @@ import socket
 import sys
 
 from .core import args as plexargs
-from .core import cache, config, policy, protocol
+from .core import cache, config, messages, policy, protocol
 from .core.miniws import WebSocket, WebSocketError
 
 EX_REMOTE_FAILED = 1
@@ -75,10 +75,10 @@ class Remote:
         self.ws.settimeout(RECV_TIMEOUT)
         if first:
             # mode: the orchestrator counts the runs that fall back to Plex's transcoder here
-            self.ws.send_text(protocol.encode({"type": "submit", "job": self.job, "mode": self.cfg.mode}))
+            self.ws.send_text(protocol.encode(messages.submit(self.job, self.cfg.mode)))
             self.submitted = True
         else:
-            self.ws.send_text(protocol.encode({"type": "attach", "job_id": self.job_id}))
+            self.ws.send_text(protocol.encode(messages.attach(self.job_id)))
 
     def reattach(self, why, first=False):
         """The orchestrator went away mid-job (restart, upgrade, crash): our transcode keeps running
@@ -121,34 +121,48 @@ class Remote:
         """Mirror the job; return ("exit", code, signal) or ("failed", reason, fallback_ok)."""
         while True:
             msg = self._recv()
-            kind = msg["type"]
-            if kind == "out":
-                data = msg.get("data")
-                if isinstance(data, str):
-                    try:
-                        os.write(2 if msg.get("fd") == 2 else 1, data.encode("latin-1", "replace"))
-                    except OSError:
-                        pass
-            elif kind == "started":
-                self.started = True
-            elif kind == "failover":
-                say(f"{msg.get('reason')}; restarting it on another worker")
-            elif kind == "attached":
-                self.started = True
-                self.reattach_deadline = None
-            elif kind == "exit":
-                code = msg.get("code")
-                sig = msg.get("signal")
-                return ("exit", code if isinstance(code, int) and 0 <= code <= 255 else 1,
-                        sig if isinstance(sig, int) and 0 < sig < 65 else None)
-            elif kind == "failed":
-                if msg.get("resume") is True and msg.get("fallback"):
-                    return ("failed", str(msg.get("reason") or "remote job failed"), "resume")
-                return ("failed", str(msg.get("reason") or "remote job failed"),
-                        bool(msg.get("fallback")) and not msg.get("started") and not self.started)
-            elif kind == "refused":
-                raise protocol.AuthError(str(msg.get("reason")))
+            handler = self._HANDLERS.get(msg["type"])
+            result = handler(self, msg) if handler is not None else None
+            if result is not None:
+                return result
 
+    def _on_out(self, msg):
+        data = msg.get("data")
+        if isinstance(data, str):
+            try:
+                os.write(2 if msg.get("fd") == 2 else 1, data.encode("latin-1", "replace"))
+            except OSError:
+                pass
+
+    def _on_started(self, msg):
+        self.started = True
+
+    def _on_failover(self, msg):
+        say(f"{msg.get('reason')}; restarting it on another worker")
+
+    def _on_attached(self, msg):
+        self.started = True
+        self.reattach_deadline = None
+
+    def _on_exit(self, msg):
+        code = msg.get("code")
+        sig = msg.get("signal")
+        return ("exit", code if isinstance(code, int) and 0 <= code <= 255 else 1,
+                sig if isinstance(sig, int) and 0 < sig < 65 else None)
+
+    def _on_failed(self, msg):
+        if msg.get("resume") is True and msg.get("fallback"):
+            return ("failed", str(msg.get("reason") or "remote job failed"), "resume")
+        return ("failed", str(msg.get("reason") or "remote job failed"),
+                bool(msg.get("fallback")) and not msg.get("started") and not self.started)
+
+    def _on_refused(self, msg):
+        raise protocol.AuthError(str(msg.get("reason")))
+
+    # what the orchestrator may send a shim (messages.ACCEPTS); anything else is ignored
+    _HANDLERS = {messages.OUT: _on_out, messages.STARTED: _on_started, messages.FAILOVER: _on_failover,
+                 messages.ATTACHED: _on_attached, messages.EXIT: _on_exit, messages.FAILED: _on_failed,
+                 messages.REFUSED: _on_refused}
 
 def callback_base(cfg, secret, job_id):
     """Where the job's transcoder calls PMS back: the relay with this job's capability, or, with

@@ -7,6 +7,7 @@ import aiohttp
 from aiohttp import web
 
 from ..core import protocol
+from ..core.messages import refused
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ async def accept(request, secret, role, accept_roles, info, log_once, heartbeat=
     await ws.prepare(request)
     peer = request.remote or "?"
     if secret is None:
-        await ws.send_str(protocol.encode({"type": "refused", "reason": "this node has no cluster secret yet (not joined)"}))
+        await ws.send_str(protocol.encode(refused("this node has no cluster secret yet (not joined)")))
         await ws.close(code=protocol.CLOSE_AUTH_FAILED, message=b"not joined")
         log_once.warning(("nosecret", peer), "refused %s from %s: no cluster secret configured here", role, peer)
         return ws, False
@@ -43,7 +44,7 @@ async def accept(request, secret, role, accept_roles, info, log_once, heartbeat=
         log_once.warning(("auth", peer), "refused unauthenticated connection from %s: %s", peer, reason)
         if not ws.closed:
             try:
-                await ws.send_str(protocol.encode({"type": "refused", "reason": "authentication failed"}))
+                await ws.send_str(protocol.encode(refused("authentication failed")))
             except ConnectionError:
                 pass
             await ws.close(code=protocol.CLOSE_AUTH_FAILED, message=b"authentication failed")
