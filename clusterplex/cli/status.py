@@ -26,9 +26,9 @@ def cmd_status(opts):
     active = [j for j in jobs if j["state"] in ACTIVE_JOB_STATES]
     if opts.json:
         emit_json({"orchestrator": {"url": target.url, "version": health.get("version", ""),
-                                     "workers_ready": health.get("workers_ready"), "workers": health.get("workers"),
-                                     "jobs_active": health.get("jobs_active")},
-                    "workers": workers, "jobs": active, "recent": recent})
+                                    "workers_ready": health.get("workers_ready"), "workers": health.get("workers"),
+                                    "jobs_active": health.get("jobs_active")},
+                   "workers": workers, "jobs": active, "recent": recent})
         return 0
     ready = sum(1 for w in workers if w["state"] == "ready")
     print(f"Orchestrator {target.url} (version {health.get('version') or '?'}): {ready} of {len(workers)} "
