@@ -5,7 +5,8 @@ Plex's transcoder hands ``*_eae`` audio to EasyAudioEncoder through files in
 its working directory, writes the result next to it. One EAE runs per worker,
 with its working directory (and so its pid file) on local disk, never on the
 shared transcode storage; jobs get ``EAE_ROOT`` pointing at it. It is
-restarted if it dies and killed with the worker.
+restarted if it dies and killed with the worker. Fetching it is
+:func:`clusterplex.worker.codecs.fetch_eae`.
 """
 
 import asyncio

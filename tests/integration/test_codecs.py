@@ -169,7 +169,7 @@ KILLED_WORKER = r"""
 import asyncio, sys
 from clusterplex.worker import codecs
 
-real_open = codecs._open_tmp
+real_open = codecs.files.open_tmp
 
 
 class Loud:
@@ -189,7 +189,7 @@ class Loud:
         self.f.close()
 
 
-codecs._open_tmp = Loud
+codecs.files.open_tmp = Loud
 root, server, version, arch, *libs = sys.argv[1:]
 asyncio.run(codecs.CodecManager(root, server, version, arch, libs, concurrency=1).ensure())
 print("FINISHED", flush=True)
@@ -381,7 +381,7 @@ def test_wrong_arch_html_and_short_payloads_rejected(srv, tmp_path):
 def test_disk_full(srv, tmp_path, monkeypatch):
     fill(srv)
     # every temp file is /dev/full: the kernel's ENOSPC on the first write
-    monkeypatch.setattr(codecs, "_open_tmp", lambda path: open("/dev/full", "wb", buffering=0))
+    monkeypatch.setattr(codecs.files, "open_tmp", lambda path: open("/dev/full", "wb", buffering=0))
     st = asyncio.run(manager(tmp_path, srv, concurrency=2).ensure())
     assert st.state == "error"
     assert re.fullmatch(rf"disk full writing {re.escape(str(vdir(tmp_path)))}/lib\w+\.so", st.reason), st.reason
