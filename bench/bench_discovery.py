@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests import netns  # noqa: E402
-from tests.netcluster import NetCluster  # noqa: E402
+from testbed import netns  # noqa: E402
+from testbed.netcluster import NetCluster  # noqa: E402
 
 
 def report(name, values, target):

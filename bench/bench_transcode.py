@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests import cluster as cl  # noqa: E402
-from tests.fakes import fixtures  # noqa: E402
+from testbed import cluster as cl  # noqa: E402
+from testbed import fixtures  # noqa: E402
 
 
 def summary(name, values, unit="ms", target=""):

@@ -11,8 +11,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from tests import cluster as cl
-from tests.fakes import fixtures
+from testbed import cluster as cl
+from testbed import fixtures
 
 
 def main():

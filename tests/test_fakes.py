@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import pid_alive, wait_pid_gone
-from tests.fakes import fixtures as fx
+from testbed.cluster import pid_alive, wait_pid_gone
+from testbed import fixtures as fx
 from tests.fakes.fake_pms import FakePMS
 
 FAKES = Path(__file__).resolve().parent / "fakes"

@@ -1,5 +1,5 @@
 """`clusterplex status|workers|jobs`, `worker drain --wait`, `worker codecs --refresh` and the errors,
-run as a person runs them (a real process) against real daemons on loopback (tests/cluster.py)."""
+run as a person runs them (a real process) against real daemons on loopback (testbed/cluster.py)."""
 
 import json
 import socket
@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from clusterplex.worker import hardware
-from tests import cluster as cl
+from testbed import cluster as cl
 from tests.fakes.codec_server import FakeCodecServer, elf_library
 
 WORKER_KEYS = {"name", "address", "source", "state", "busy", "reason", "running_jobs", "max_jobs", "load_cpu",

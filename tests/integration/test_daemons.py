@@ -12,7 +12,7 @@ import pytest
 from clusterplex.common import link
 from clusterplex.core import protocol
 from clusterplex.worker import runner
-from tests import cluster as cl
+from testbed import cluster as cl
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from clusterplex.core import protocol
-from tests import cluster as cl
+from testbed import cluster as cl
 
 pytestmark = pytest.mark.timeout(180)
 CASES = 120          # per endpoint and phase; the seed makes every run the same

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from clusterplex.core import protocol
-from tests import cluster as cl
+from testbed import cluster as cl
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
 CLUSTERPLEX_NAMES = ("jobs_posted", "jobs_completed", "jobs_succeeded", "jobs_failed", "jobs_killed",

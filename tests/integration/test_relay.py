@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from clusterplex.core import protocol
-from tests import cluster as cl
+from testbed import cluster as cl
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 
 from clusterplex.core import config, protocol
 from clusterplex.common import token as jt
-from tests import cluster as cl
+from testbed import cluster as cl
 
 SECRET = cl.SECRET.encode()
 

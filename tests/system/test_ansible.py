@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import nspawn
+from testbed import nspawn
 from tests.system.test_packages import DEPENDENCIES, TRANSCODER, build_fake_plex
 
 pytestmark = [pytest.mark.system, pytest.mark.packaging, pytest.mark.timeout(600)]

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from clusterplex.worker import hardware
-from tests import cluster as cl
+from testbed import cluster as cl
 from tests.fakes.codec_server import FakeCodecServer, elf_library
 
 pytestmark = pytest.mark.system

@@ -8,25 +8,12 @@ import uuid
 
 import pytest
 
-from tests import cluster as cl
-from tests import netns
-from tests.netcluster import NetCluster
-from tests.fakes import fixtures
+from testbed import cluster as cl
+from testbed import fixtures
+from testbed import netns
+from testbed.netcluster import NetCluster
 
 pytestmark = pytest.mark.system
-
-
-@pytest.fixture(scope="module", autouse=True)
-def need_netns():
-    why = netns.available()
-    if why:
-        pytest.fail(why)   # never a silent skip: CI runs as root
-
-
-@pytest.fixture
-def lan():
-    with netns.Lan("d") as lan:
-        yield lan
 
 
 def test_workers_are_discovered_and_a_job_runs_on_one(lan, tmp_path):

@@ -1,4 +1,4 @@
-"""The container harness itself (tests/nspawn.py): booted Debian 12 hosts with real systemd,
+"""The container harness itself (testbed/nspawn.py): booted Debian 12 hosts with real systemd,
 offline package installs from a local repository, a private LAN, nothing left behind.
 
 Needs root, systemd-container, debootstrap and dpkg-dev (installed on demand); the first run
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests import nspawn
+from testbed import nspawn
 
 pytestmark = [pytest.mark.system, pytest.mark.packaging, pytest.mark.timeout(300)]   # the first run debootstraps
 

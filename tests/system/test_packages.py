@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import nspawn
+from testbed import nspawn
 
 pytestmark = [pytest.mark.system, pytest.mark.packaging, pytest.mark.timeout(600)]   # builds, debootstraps
 

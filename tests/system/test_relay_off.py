@@ -8,27 +8,14 @@ import uuid
 import pytest
 
 from clusterplex.core import config
-from tests import cluster as cl
-from tests import netns
-from tests.fakes import fixtures
-from tests.netcluster import DirectCluster
+from testbed import cluster as cl
+from testbed import fixtures
+from testbed import netns
+from testbed.netcluster import DirectCluster
 
 pytestmark = pytest.mark.system
 
 LAN_NET = "198.51.100.0/24"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def need_netns():
-    why = netns.available()
-    if why:
-        pytest.fail(why)   # never a silent skip: CI runs as root
-
-
-@pytest.fixture
-def lan():
-    with netns.Lan("r") as lan:
-        yield lan
 
 
 def connect(host, port):

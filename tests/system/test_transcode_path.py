@@ -14,8 +14,8 @@ import uuid
 
 import pytest
 
-from tests import cluster as cl
-from tests.fakes import fixtures
+from testbed import cluster as cl
+from testbed import fixtures
 
 pytestmark = pytest.mark.system
 

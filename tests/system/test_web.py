@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 
 from clusterplex.core import protocol
-from tests import cluster as cl
+from testbed import cluster as cl
 
 pytestmark = pytest.mark.system
 

@@ -1,15 +1,7 @@
-import json
-from pathlib import Path
-
 import pytest
 
 from clusterplex.core import args
-
-FIXTURES = Path(__file__).resolve().parent.parent / "data" / "plex-argv"
-
-
-def fixture(name):
-    return json.loads(next(FIXTURES.glob(f"{name}-*.json")).read_text())
+from testbed.fixtures import FIXTURE_DIR as FIXTURES, load_argv as fixture
 
 
 @pytest.mark.parametrize("name,inputs,outputs", [
@@ -47,7 +39,7 @@ def test_local_paths_resolves_relative_and_drops_urls():
 def test_rewrite_every_pms_url_in_every_fixture():
     target = "http://plexhost:32499/_cp/job/mac"
     for f in FIXTURES.glob("*.json"):
-        argv = json.loads(f.read_text())
+        argv = fixture(f.stem)
         out = args.rewrite_urls(argv, "http://127.0.0.1:32400", target)
         assert not any("127.0.0.1:32400" in a for a in out), f.name
         assert len(out) == len(argv)

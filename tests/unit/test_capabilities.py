@@ -1,15 +1,7 @@
-import json
-from pathlib import Path
-
 import pytest
 
 from clusterplex.core import capabilities
-
-FIXTURES = Path(__file__).resolve().parent.parent / "data" / "plex-argv"
-
-
-def fixture(name):
-    return json.loads(next(FIXTURES.glob(f"{name}-*.json")).read_text())
+from testbed.fixtures import load_argv as fixture
 
 
 @pytest.mark.parametrize("name,decode,encode,hw,heavy,eae,size", [

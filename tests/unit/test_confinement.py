@@ -1,16 +1,9 @@
-import json
-from pathlib import Path
-
 import pytest
 
 from clusterplex.worker import runner
+from testbed.fixtures import load_argv as fixture
 
-FIXTURES = Path(__file__).resolve().parent.parent / "data" / "plex-argv"
 CWD = "/transcode/Transcode/Sessions/plex-transcode-k-u"
-
-
-def fixture(name):
-    return json.loads(next(FIXTURES.glob(f"{name}-*.json")).read_text())
 
 
 @pytest.mark.parametrize("name", ["F1", "F2", "F3", "F6"])

@@ -1,14 +1,7 @@
-import json
-from pathlib import Path
 from types import SimpleNamespace
 
 from clusterplex.core import policy
-
-FIXTURES = Path(__file__).resolve().parent.parent / "data" / "plex-argv"
-
-
-def fixture(name):
-    return json.loads(next(FIXTURES.glob(f"{name}-*.json")).read_text())
+from testbed.fixtures import load_argv as fixture
 
 
 def test_env_filter_keeps_plex_variables_and_drops_dangerous_ones():

@@ -3,20 +3,15 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from clusterplex.core import args, config, protocol
 from clusterplex import shim
+from testbed.fixtures import load_argv as fixture
 
-FIXTURES = Path(__file__).resolve().parent.parent / "data" / "plex-argv"
 SECRET = b"s3cr3t-" + b"0123456789abcdef" * 3
 JOB = "0123456789abcdef0123456789abcdef"
-
-
-def fixture(name):
-    return json.loads(next(FIXTURES.glob(f"{name}-*.json")).read_text())
 
 
 def pms(relay, **top):

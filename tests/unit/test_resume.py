@@ -4,7 +4,7 @@ import copy
 import pytest
 
 from clusterplex.core import resume
-from tests.fakes.fixtures import load_argv
+from testbed.fixtures import load_argv
 
 
 def dash(rep, numbers, suffix=""):

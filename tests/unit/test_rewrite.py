@@ -5,28 +5,22 @@ against Debian's stock ffmpeg 5.1 that the option names the rewrite emits
 exist and are consumed by the encoders they are meant for.
 """
 import copy
-import json
 import re
 import subprocess
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from clusterplex.core import args as plexargs
 from clusterplex.worker import rewrite as rw
+from testbed.fixtures import FIXTURE_DIR as FIXTURES, load_argv as fixture
 
-FIXTURES = Path(__file__).resolve().parent.parent / "data" / "plex-argv"
 FFMPEG = "/usr/bin/ffmpeg"
 NODE = "/dev/dri/renderD128"
 CWD = "/transcode/Transcode/Sessions/plex-transcode-sesskey1-00000000-0000-4000-8000-000000000001"
 LIBS = "/var/lib/plexmediaserver/Library/Application\\ Support/Plex\\ Media\\ Server/Codecs/8217c1c-4578-linux-x86_64/"
 ENV = {"X_PLEX_TOKEN": "local-0000", "EAE_ROOT": "/transcode/pms-0000/EasyAudioEncoder",
        "FFMPEG_EXTERNAL_LIBS": LIBS, "TMPDIR": "/transcode"}
-
-
-def fixture(name):
-    return json.loads(next(FIXTURES.glob(f"{name}-*.json")).read_text())
 
 
 def caps(*entries):
@@ -528,7 +522,7 @@ def test_globals_before_outputs_2026_layout_gives_the_same_rewrite():
 @pytest.mark.parametrize("mode", ["none", "auto", "vaapi", "nvenc", "qsv"])
 def test_inputs_are_never_mutated(mode):
     for f in sorted(FIXTURES.glob("*.json")):
-        the_job = job(json.loads(f.read_text()))
+        the_job = job(fixture(f.stem))
         settings = {"hwaccel": mode, "path_map": [{"from": "/media", "to": "/m"}], "env": {"TMPDIR": None, "A": "1"},
                     "encoder_swaps": {"libx264": "h264_vaapi"}, "codecs_dir": "/opt/codecs"}
         hw = hardware()
@@ -633,7 +627,7 @@ def test_debian_ffmpeg_parses_the_rewritten_fixture(tmp_path, name, mode):
     through ffmpeg's option parsing, filter-graph parsing and encoder-option checks; it then fails only
     for want of hardware. The global device options of vaapi/qsv (-vaapi_device, -init_hw_device) open
     the device while options are parsed, so they are left out here (checked by -h above)."""
-    from tests.fakes import fixtures as fx
+    from testbed import fixtures as fx
     from tests.fakes import plex_transcoder as pt
 
     clip = fx.make_clip(tmp_path / "media" / "clip.mkv", seconds=1)

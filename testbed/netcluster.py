@@ -4,8 +4,8 @@ shims; each worker has a host of its own. Everything is found over mDNS."""
 
 import json
 
-from tests import cluster as cl
-from tests import netns
+from testbed import cluster as cl
+from testbed import netns
 
 
 class NetCluster(cl.Cluster):

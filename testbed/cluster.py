@@ -381,7 +381,8 @@ class Cluster:
             return json.load(r)
 
     def pms_wait(self, path_contains, count=1, timeout=20):
-        url = f"{self.pms.url}/_fake/wait?path_contains={urllib.parse.quote(path_contains)}&count={count}&timeout={timeout}"
+        url = (f"{self.pms.url}/_fake/wait?path_contains={urllib.parse.quote(path_contains)}"
+               f"&count={count}&timeout={timeout}")
         with urllib.request.urlopen(url, timeout=timeout + 5) as r:
             return json.load(r)
 

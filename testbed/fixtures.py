@@ -14,7 +14,7 @@ import re
 import subprocess
 from pathlib import Path
 
-FIXTURE_DIR = Path(__file__).resolve().parent.parent / "data" / "plex-argv"
+FIXTURE_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "plex-argv"
 FFMPEG = os.environ.get("PLEXFAKE_FFMPEG", "/usr/bin/ffmpeg")
 DEFAULT_PLEX_URL = "http://127.0.0.1:32400"
 

@@ -314,7 +314,7 @@ def _prepare_tree(root):
     """Make the debootstrapped tree a good throwaway host: offline apt, unique identity per boot."""
     root = Path(root)
     # apt: no network sources (containers are offline); the harness adds a file: repository
-    (root / "etc/apt/sources.list").write_text("# offline test host: tests/nspawn.py adds "
+    (root / "etc/apt/sources.list").write_text("# offline test host: testbed/nspawn.py adds "
                                                f"'deb [trusted=yes] file:{REPO_IN_CONTAINER} ./'\n")
     for f in (root / "etc/apt/sources.list.d").glob("*"):
         f.unlink()
