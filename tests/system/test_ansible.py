@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from testbed import nspawn
-from tests.system.test_packages import DEPENDENCIES, TRANSCODER, build_fake_plex
+from tests.fakes.plex_package import DEPENDENCIES, TRANSCODER, build_fake_plex
 
 pytestmark = [pytest.mark.system, pytest.mark.packaging, pytest.mark.timeout(600)]
 
