@@ -2,11 +2,9 @@
 
 import asyncio
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
-import pytest
 
 from clusterplex.core import protocol
 from clusterplex.worker import probe as wprobe
