@@ -5,7 +5,6 @@ import os
 import tempfile
 from pathlib import Path
 
-
 from clusterplex.core import protocol
 from clusterplex.worker import probe as wprobe
 
