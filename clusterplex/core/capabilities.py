@@ -56,47 +56,38 @@ class Needs:
 
 
 def needs(argv):
-    """Derive ``Needs`` from a Plex argv (position-independent)."""
+    """Derive ``Needs`` from a Plex argv (a list or an ``args.Parsed``; position-independent)."""
+    job = plexargs.parse(argv)
     n = Needs()
-    pending_hint = []        # decoder hints seen since the last -i
-    hwaccel = None
-    first_input = True
-    for kind, name, value, _ in plexargs.tokenize(argv):
-        if value is None:
+    hwaccel = _HWACCEL_API.get(job.hwaccel)
+    for hint in (t.value for t in job.decoder_hints):
+        base = hint[:-4] if hint.endswith("_eae") else hint
+        if hint.endswith("_eae"):
+            n.eae = True
+        m = _HW_DECODER.match(hint)
+        if m:
+            n.decode.add(m.group(1))
+            n.hw_required.add(f"{m.group(1)}:{'nvdec' if m.group(2) == 'cuvid' else 'qsv'}:decode")
+        elif base in VIDEO_CODECS:
+            n.decode.add(base)
+            if hwaccel:
+                n.hw_required.add(f"{base}:{hwaccel}:decode")
+    for value in (t.value for t in job.encoders):
+        if value.endswith("_eae"):
+            n.eae = True
+        m = _HW_ENCODER.match(value)
+        if m:
+            n.encode.add(m.group(1))
+            n.hw_required.add(f"{m.group(1)}:{m.group(2)}:encode")
+        elif value in _ENCODER_CODEC:
+            n.encode.add(_ENCODER_CODEC[value])
+    for t in job.tokens:
+        if t.kind != "option" or t.value is None:
             continue
-        if kind == "option" and name in ("codec", "c", "vcodec") and first_input:
-            pending_hint.append(value)
-        elif kind == "option" and name == "hwaccel" and first_input:
-            hwaccel = _HWACCEL_API.get(value)
-        elif kind == "input":
-            if first_input:
-                for hint in pending_hint:
-                    base = hint[:-4] if hint.endswith("_eae") else hint
-                    if hint.endswith("_eae"):
-                        n.eae = True
-                    m = _HW_DECODER.match(hint)
-                    if m:
-                        n.decode.add(m.group(1))
-                        n.hw_required.add(f"{m.group(1)}:{'nvdec' if m.group(2) == 'cuvid' else 'qsv'}:decode")
-                    elif base in VIDEO_CODECS:
-                        n.decode.add(base)
-                        if hwaccel:
-                            n.hw_required.add(f"{base}:{hwaccel}:decode")
-                first_input = False
-            pending_hint = []
-        elif kind == "option" and name in ("codec", "c", "vcodec") and not first_input:
-            if value.endswith("_eae"):
-                n.eae = True
-            m = _HW_ENCODER.match(value)
-            if m:
-                n.encode.add(m.group(1))
-                n.hw_required.add(f"{m.group(1)}:{m.group(2)}:encode")
-            elif value in _ENCODER_CODEC:
-                n.encode.add(_ENCODER_CODEC[value])
-        elif kind == "option" and name in ("filter_complex", "vf", "filter"):
-            for w, h in _SCALE.findall(value):
+        if t.name in ("filter_complex", "vf", "filter"):
+            for w, h in _SCALE.findall(t.value):
                 n.width, n.height = max(n.width, int(w)), max(n.height, int(h))
-        elif kind == "option" and name.startswith("eae_prefix"):
+        elif t.name.startswith("eae_prefix"):
             n.eae = True
     return n
 

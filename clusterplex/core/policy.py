@@ -54,8 +54,9 @@ def _rule_matches(rule, argv, cwd, outs):
 
 
 def must_run_local(argv, cwd, rules=()):
-    """Reason why this job must run on the Plex host, or None."""
-    outs = plexargs.outputs(argv)
+    """Reason why this job must run on the Plex host, or None. ``argv``: a list or an ``args.Parsed``."""
+    job = plexargs.parse(argv)
+    argv, outs = job.argv, job.output_values
     for rule, reason in BUILTIN_LOCAL_RULES:
         if _rule_matches(rule, argv, cwd, outs):
             return reason

@@ -62,30 +62,10 @@ class Plan:
     reason: str
 
 
-@dataclass
-class _Group:
-    """Options given before one input (``-i``) or one output name."""
-    kind: str                # "input" or "output"
-    index: int               # position of "-i" or of the output name in argv
-    value: Optional[str]     # the input path/URL or the output name
-    options: list            # [(name, value, index)] of "option" tokens
-
-
-def _groups(argv):
-    groups, pending = [], []
-    for kind, name, value, index in args.tokenize(argv):
-        if kind == "option":
-            pending.append((name, value, index))
-        elif kind in ("input", "output"):
-            groups.append(_Group(kind, index, value, pending))
-            pending = []
-    return groups
-
-
 def _last(group, name):
     """(value, index) of the last ``-name`` in the group (ffmpeg: last one wins)."""
-    found = [(v, i) for n, v, i in group.options if n == name]
-    return found[-1] if found else (None, None)
+    t = group.last(name)
+    return (t.value, t.index) if t is not None else (None, None)
 
 
 def _decimal(text):
@@ -160,13 +140,11 @@ def _printf_regex(pattern):
     return re.compile(rx.replace("\0", "%"))
 
 
-def _main_output(groups):
+def _main_output(outputs):
     """(kind, group) of the first resumable output, and the list of other outputs."""
     main, others = None, []
-    for g in groups:
-        if g.kind != "output":
-            continue
-        fmt, _ = _last(g, "f")
+    for g in outputs:
+        fmt = g.muxer
         if main is None and fmt == "dash":
             main = ("DASH", g)
             continue
@@ -180,15 +158,16 @@ def _main_output(groups):
 
 
 def plan(argv, names):
-    """Plan the resumption of ``argv`` given the file ``names`` in its session directory."""
-    argv = list(argv)
+    """Plan the resumption of ``argv`` (a list or an ``args.Parsed``) given the file ``names`` in its
+    session directory."""
+    job = args.parse(argv)
+    argv = list(job.argv)
     names = [n.rsplit("/", 1)[-1] for n in names if isinstance(n, str)]
-    groups = _groups(argv)
-    main, others = _main_output(groups)
+    main, others = _main_output(job.outputs)
     if main is None:
         return Plan(None, None, None, NOT_SEGMENTED)
     kind, out = main
-    inputs = [g for g in groups if g.kind == "input"]
+    inputs = job.inputs
     if not inputs:
         return Plan(None, None, None, "no input (-i): cannot resume, start again")
     if inputs[0].value is None or args.is_url(inputs[0].value):
@@ -211,14 +190,11 @@ def plan(argv, names):
         return Plan(None, None, None, f"unreadable -{start_opt} {start_text!r}: cannot resume, start again")
 
     seeks = []   # (index of the value, original seconds) for every input with -ss
-    for g in inputs:
-        text, index = _last(g, "ss")
-        if index is None:
-            continue
-        t0 = _decimal(text)
+    for seek in job.seeks:
+        t0 = _decimal(seek.value)
         if t0 is None:
-            return Plan(None, None, None, f"unreadable input -ss {text!r}: cannot resume, start again")
-        seeks.append((index + 1, t0))
+            return Plan(None, None, None, f"unreadable input -ss {seek.value!r}: cannot resume, start again")
+        seeks.append((seek.index + 1, t0))
     base = seeks[0][1] if seeks else Decimal(0)
 
     if kind == "DASH":
@@ -293,7 +269,7 @@ def plan(argv, names):
 
 
 def _side_note(group):
-    fmt, _ = _last(group, "f")
+    fmt = group.muxer
     start, _ = _last(group, "segment_start_number")
     what = f"-f {fmt} " if fmt else ""
     if start is not None:

@@ -74,12 +74,13 @@ OUTPUT_SCHEMES = ("http://", "https://", "pipe:")
 def output_problem(argv, cwd, output_roots):
     """Why a file this job would write lies outside its session dir and ``output_roots``, or None.
 
-    Plex writes segments into the session dir (cwd) and calls PMS back over HTTP; optimize jobs
-    write into a library's "Plex Versions" folder, which must be listed in ``output_roots``.
+    ``argv``: a list or an ``args.Parsed``. Plex writes segments into the session dir (cwd) and calls
+    PMS back over HTTP; optimize jobs write into a library's "Plex Versions" folder, which must be
+    listed in ``output_roots``.
     """
-    targets = [v for kind, _, v, _ in plexargs.tokenize(argv) if kind == "output" and v is not None]
-    targets += [v for kind, name, v, _ in plexargs.tokenize(argv) if kind == "option" and name in WRITE_OPTIONS
-                and v is not None]
+    job = plexargs.parse(argv)
+    targets = list(job.output_values)
+    targets += [t.value for t in job.tokens if t.kind == "option" and t.name in WRITE_OPTIONS and t.value is not None]
     allowed = [cwd] + list(output_roots)
     for target in targets:
         if target == "-" or target.startswith(OUTPUT_SCHEMES):
@@ -95,8 +96,12 @@ def output_problem(argv, cwd, output_roots):
     return None
 
 
-def preflight(job, transcode_root, worker_name, output_roots=()):
-    """Why this job cannot start here (a sentence for the admin), or None."""
+def preflight(job, transcode_root, worker_name, output_roots=(), parsed=None):
+    """Why this job cannot start here (a sentence for the admin), or None.
+
+    ``parsed``: ``job["argv"]`` as an ``args.Parsed``, when the caller has it already.
+    """
+    parsed = plexargs.parse(job["argv"] if parsed is None else parsed)
     cwd = job["cwd"]
     if not under(cwd, transcode_root):
         return (f"refusing cwd {cwd}: it is outside transcode_root {transcode_root} on worker {worker_name} "
@@ -104,10 +109,10 @@ def preflight(job, transcode_root, worker_name, output_roots=()):
     if not os.path.isdir(cwd):
         return (f"session directory {cwd} does not exist on worker {worker_name} "
                 f"(transcode directory not shared, or mounted at a different path? shares not mounted?)")
-    problem = output_problem(job["argv"], cwd, output_roots)
+    problem = output_problem(parsed, cwd, output_roots)
     if problem:
         return f"{problem} (worker {worker_name})"
-    for path in plexargs.local_paths(plexargs.inputs(job["argv"]), cwd):
+    for path in plexargs.local_paths(parsed.input_values, cwd):
         if not os.path.exists(path):
             return (f"input {path} not found on worker {worker_name} "
                     f"(media share not mounted, or mounted at a different path? shares not mounted?)")
