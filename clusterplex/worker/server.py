@@ -2,10 +2,11 @@
 
 It listens for authenticated orchestrator connections (``CONTROL_PATH``),
 reports its state (ready / not ready with the reason / draining) and load,
-runs only its configured transcoder in cwds under ``transcode_root``, and
-streams each job's output and exit code back. Jobs belong to the worker,
-not to a connection: if the orchestrator goes away a job keeps running for
-``detached_grace`` seconds (room for re-attaching), then it is stopped.
+and dispatches what each orchestrator sends through one table (the types of
+``messages.ACCEPTS[(WORKER, ORCHESTRATOR)]``). It runs only its configured
+transcoder in cwds under ``transcode_root`` and streams each job's output and
+exit code back; the jobs themselves, which outlive a connection for
+``detached_grace`` seconds, are in ``job.py``.
 """
 
 import asyncio
@@ -13,16 +14,15 @@ import functools
 import logging
 import os
 import platform
-import shlex
 import socket
-import time
 
 import psutil
 from aiohttp import web
 
 from .. import __version__
-from ..core import capabilities, config, policy, protocol, resume
+from ..core import capabilities, config, messages, protocol
 from . import codecs, eae, hardware, probe, rewrite, runner
+from .job import Jobs
 from ..common import daemon, discovery, link
 
 logger = logging.getLogger("clusterplex.worker")
@@ -32,57 +32,9 @@ RECHECK_INTERVAL = 2.0
 LOAD_INTERVAL = 1.0
 
 
-MAX_DETACHED_OUTPUT = 256 * 1024     # bytes of output kept for a job while no orchestrator follows it
-MAX_UNACKED = 1000                   # exits sent but not yet confirmed by the orchestrator (oldest dropped)
-
-
-class WorkerJob:
-    """A job as the worker holds it: the truth about it survives its orchestrator connection.
-
-    While detached (the orchestrator went away) its events are kept, the exit
-    included, and replayed in order to whichever orchestrator re-attaches.
-    """
-
-    def __init__(self, spec, owner):
-        self.spec = spec
-        self.id = spec["id"]
-        self.owner = owner           # link.Peer or None when detached
-        self.transcode = None
-        self.task = None
-        self.detach_timer = None
-        self.pid = None
-        self.ended = False
-        self.exit_msg = None
-        self.backlog = []            # events while detached
-        self._backlog_bytes = 0
-
-    def post(self, msg):
-        if self.owner is not None:
-            self.owner.post(msg)
-            return
-        if msg["type"] == "out":
-            size = len(msg["data"])
-            if self._backlog_bytes + size > MAX_DETACHED_OUTPUT:
-                return               # output is best effort; the exit code is not
-            self._backlog_bytes += size
-        self.backlog.append(msg)
-
-    def attach(self, peer):
-        """A (new) orchestrator follows this job: replay what it missed."""
-        self.owner = peer
-        if self.detach_timer is not None:
-            self.detach_timer.cancel()
-            self.detach_timer = None
-        for msg in self.backlog:
-            peer.post(msg)
-        self.backlog, self._backlog_bytes = [], 0
-
-    def view(self):
-        return {"id": self.id, "session": self.spec.get("session", ""), "pid": self.pid,
-                "state": "exited" if self.ended else "running"}
-
-
 class Worker:
+    """The worker daemon: its readiness, its orchestrator connections, its codecs and EAE, its jobs."""
+
     def __init__(self, cfg, config_path, notifier):
         self.cfg = cfg
         self.config_path = config_path
@@ -94,9 +46,7 @@ class Worker:
         self.state = NOT_READY
         self.reason = "starting"
         self.draining = False
-        self.jobs = {}
-        self.detached_done = {}      # job id -> WorkerJob that ended while detached (until re-attach/expiry)
-        self.unacked = {}            # job id -> WorkerJob whose exit the orchestrator has not confirmed yet
+        self.jobs = Jobs(self)
         self.peers = set()
         self.listen_address = ""
         self.id = os.urandom(6).hex()
@@ -178,7 +128,7 @@ class Worker:
         self.codecs = codecs.CodecManager(self.cfg.codecs.dir, self.cfg.codecs.server, version, arch, self.libs,
                                           on_progress=lambda state: self.evaluate())
         logger.info("codecs for Plex transcoder %s (%s) in %s", version, arch, self.codecs.path)
-        self._codecs_task = self._spawn(self.codecs.run())
+        self._codecs_task = self.spawn(self.codecs.run())
 
     def _stop_codecs(self):
         if self._codecs_task is not None:
@@ -218,7 +168,7 @@ class Worker:
         if self.secret is None and os.path.exists(self.cfg.secret_file):
             self._load_secret()          # joined meanwhile (package order, `clusterplex join`, Ansible)
             if self.announcement is not None:
-                self._spawn(self.announcement.update(self._txt()))
+                self.spawn(self.announcement.update(self._txt()))
         if self.secret is None:
             reasons.append(f"not joined: {self.secret_error}")
         self.transcoder, why = runner.resolve_transcoder(self.cfg.transcoder)
@@ -246,39 +196,38 @@ class Worker:
             self.state, self.reason = state, reason
             self.broadcast_status()
             if self.announcement is not None:
-                self._spawn(self.announcement.update(self._txt()))
+                self.spawn(self.announcement.update(self._txt()))
         self.notifier.status(self.status_line())
 
     def status(self):
         hw = self.hardware
-        return {
-            "type": "status",
-            "id": self.id,
-            "proto": protocol.PROTO_VERSION,
-            "name": self.name,
-            "state": self.state,
-            "reason": self.reason,
-            "max_jobs": self.max_jobs,
-            "weight": self.cfg.weight,
-            "priority": self.cfg.priority,
-            "cpus": hw["cpu"]["threads"],
-            "benchmark": hw["cpu"]["benchmark"],
-            "running": sorted(self.jobs),
-            "jobs": [j.view() for j in list(self.jobs.values()) + list(self.detached_done.values())],
-            "version": __version__,
-            "transcoder": self.transcoder or self.cfg.transcoder,
-            "codecs": self.codecs.state.as_dict() if self.codecs is not None else None,
-            "eae": {"enabled": self.cfg.eae.enabled, "running": bool(self.eae and self.eae.running),
-                    "problem": self.eae_problem},
-            "hardware": {"cpus": hw["cpu"]["threads"], "arch": hw["cpu"]["arch"], "model": hw["cpu"]["model"],
-                         "memory": hw["memory"], "gpus": hw["gpus"],
-                         "hw_codecs": hw["hw_codecs"] + ([capabilities.EAE] if self.eae and self.eae.running else []),
-                         "plex_codecs": hw["transcoder"].get("codec_version"),
-                         "plex_arch": hw["transcoder"].get("plex_arch")},
-        }
+        return messages.status(
+            id=self.id,
+            proto=protocol.PROTO_VERSION,
+            name=self.name,
+            state=self.state,
+            reason=self.reason,
+            max_jobs=self.max_jobs,
+            weight=self.cfg.weight,
+            priority=self.cfg.priority,
+            cpus=hw["cpu"]["threads"],
+            benchmark=hw["cpu"]["benchmark"],
+            running=sorted(self.jobs.running),
+            jobs=self.jobs.views(),
+            version=__version__,
+            transcoder=self.transcoder or self.cfg.transcoder,
+            codecs=self.codecs.state.as_dict() if self.codecs is not None else None,
+            eae={"enabled": self.cfg.eae.enabled, "running": bool(self.eae and self.eae.running),
+                 "problem": self.eae_problem},
+            hardware={"cpus": hw["cpu"]["threads"], "arch": hw["cpu"]["arch"], "model": hw["cpu"]["model"],
+                      "memory": hw["memory"], "gpus": hw["gpus"],
+                      "hw_codecs": hw["hw_codecs"] + ([capabilities.EAE] if self.eae and self.eae.running else []),
+                      "plex_codecs": hw["transcoder"].get("codec_version"),
+                      "plex_arch": hw["transcoder"].get("plex_arch")},
+        )
 
     def status_line(self):
-        jobs = f"{len(self.jobs)}/{self.max_jobs} jobs running"
+        jobs = f"{len(self.jobs.running)}/{self.max_jobs} jobs running"
         if self.codecs is not None and not self.codecs.state.ready:
             jobs += f", {self.codecs.state.summary()}"
         if self.cfg.eae.enabled:
@@ -292,6 +241,25 @@ class Worker:
         for peer in self.peers:
             peer.post(msg)
 
+    def changed(self):
+        """A job started or ended: tell the orchestrators and systemd."""
+        self.broadcast_status()
+        self.notifier.status(self.status_line())
+
+    def refusal(self):
+        """Why this worker takes no job now (not ready, draining), or None."""
+        return None if self.state == READY else f"worker {self.name} is {self.state}: {self.reason}"
+
+    def job_env_overrides(self):
+        """What the worker sets whatever the Plex host sent: its own codec dir and EAE folder."""
+        env = {}
+        if self.codecs is not None:
+            env["FFMPEG_EXTERNAL_LIBS"] = rewrite.escape_spaces(self.codecs.path.rstrip("/")) + "/"
+        if self.eae is not None:
+            env["EAE_ROOT"] = self.eae.watch_dir
+        env.update(self.cfg.env)
+        return env
+
     # --- lifecycle -------------------------------------------------------------
 
     async def start(self):
@@ -301,7 +269,7 @@ class Worker:
         await self.detect_hardware()
         self._start_codecs()
         if self.cfg.eae.enabled:
-            self._spawn(self._start_eae())
+            self.spawn(self._start_eae())
         app = web.Application()
         app.router.add_get("/health", self.health)
         app.router.add_get("/api/v1/codecs", self.api_codecs)
@@ -309,8 +277,8 @@ class Worker:
         app.router.add_get(protocol.CONTROL_PATH, self.control)
         host, port = self.cfg.listen
         self._runner, self.listen_address = await daemon.serve(app, host, port, "orchestrator connections")
-        self._spawn(self._recheck_loop())
-        self._spawn(self._load_loop())
+        self.spawn(self._recheck_loop())
+        self.spawn(self._load_loop())
         if self.cfg.discovery.enabled:
             await self._announce()
 
@@ -327,7 +295,7 @@ class Worker:
                                                    addresses, self._txt(), unique=True)
         await self.announcement.register()
 
-    def _spawn(self, coro):
+    def spawn(self, coro):
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -343,7 +311,7 @@ class Worker:
         psutil.cpu_percent(interval=None)
         while True:
             await asyncio.sleep(LOAD_INTERVAL)
-            msg = {"type": "load", "cpu": psutil.cpu_percent(interval=None), "running": sorted(self.jobs)}
+            msg = messages.load(psutil.cpu_percent(interval=None), sorted(self.jobs.running))
             for peer in self.peers:
                 peer.post(msg)
 
@@ -371,11 +339,12 @@ class Worker:
         self.draining = True
         if self._runner is not None:
             self.evaluate()
-        if self.jobs and self.cfg.drain_timeout > 0:
-            logger.info("draining: waiting up to %ss for %d job(s)", self.cfg.drain_timeout, len(self.jobs))
-            tasks = [j.task for j in self.jobs.values() if j.task]
+        running = self.jobs.running
+        if running and self.cfg.drain_timeout > 0:
+            logger.info("draining: waiting up to %ss for %d job(s)", self.cfg.drain_timeout, len(running))
+            tasks = [j.task for j in running.values() if j.task]
             await asyncio.wait(tasks, timeout=self.cfg.drain_timeout)
-        jobs = [j for j in self.jobs.values() if j.transcode]
+        jobs = [j for j in running.values() if j.transcode]
         if jobs:
             logger.info("stopping %d running transcoder(s)", len(jobs))
             await asyncio.gather(*(j.transcode.terminate() for j in jobs))
@@ -394,7 +363,7 @@ class Worker:
 
     async def health(self, request):
         return web.json_response({"name": self.name, "state": self.state, "reason": self.reason,
-                                  "running_jobs": len(self.jobs), "max_jobs": self.max_jobs,
+                                  "running_jobs": len(self.jobs.running), "max_jobs": self.max_jobs,
                                   "orchestrators": len(self.peers)})
 
     async def api_codecs(self, request):
@@ -427,38 +396,44 @@ class Worker:
         finally:
             self.peers.discard(peer)
             peer.abort()
-            self._detach(peer)
+            self.jobs.detach(peer)
             logger.info("orchestrator at %s disconnected", peer.name)
         return ws
 
     async def on_message(self, peer, msg):
         kind = msg["type"]
-        if kind == "start":
-            await self.start_job(peer, msg.get("job"))
-        elif kind == "cancel":
-            job = self.jobs.get(msg.get("job_id"))
-            if job is not None and job.transcode is not None:
-                logger.info("job %s: cancel requested", job.id[:8])
-                self._spawn(job.transcode.terminate())
-            self.detached_done.pop(msg.get("job_id"), None)
-        elif kind == "exit_ack":
-            self.unacked.pop(msg.get("job_id"), None)
-        elif kind in ("drain", "resume"):
-            self.draining = kind == "drain"
-            logger.info("%s requested by the orchestrator at %s", "drain" if self.draining else "resume", peer.name)
-            self.evaluate()
-        elif kind == "attach":
-            job_id = msg.get("job_id")
-            job = self.jobs.get(job_id) or self.detached_done.pop(job_id, None)
-            if job is None:
-                peer.post({"type": "unknown", "job_id": job_id})
-                return
-            logger.info("job %s re-attached by the orchestrator at %s", job.id[:8], peer.name)
-            job.attach(peer)
-        elif kind == "probe":
-            self._spawn(self._probe(peer, msg))
-        else:
+        handler = self._HANDLERS.get(kind)
+        if handler is None:
             self.log_once.warning(("type", peer.name, kind), "ignoring unknown message %r from %s", kind, peer.name)
+            return
+        await handler(self, peer, msg)
+
+    async def _on_start(self, peer, msg):
+        await self.jobs.start(peer, msg.get("job"))
+
+    async def _on_cancel(self, peer, msg):
+        self.jobs.cancel(msg.get("job_id"))
+
+    async def _on_exit_ack(self, peer, msg):
+        self.jobs.ack(msg.get("job_id"))
+
+    async def _on_drain_or_resume(self, peer, msg):
+        self.draining = msg["type"] == messages.DRAIN
+        logger.info("%s requested by the orchestrator at %s", "drain" if self.draining else "resume", peer.name)
+        self.evaluate()
+
+    async def _on_attach(self, peer, msg):
+        job_id = msg.get("job_id")
+        if not self.jobs.attach(job_id, peer):
+            peer.post(messages.unknown(job_id))
+
+    async def _on_probe(self, peer, msg):
+        self.spawn(self._probe(peer, msg))
+
+    # what an orchestrator may send a worker (messages.ACCEPTS); anything else is logged once and ignored
+    _HANDLERS = {messages.START: _on_start, messages.CANCEL: _on_cancel, messages.EXIT_ACK: _on_exit_ack,
+                 messages.DRAIN: _on_drain_or_resume, messages.RESUME: _on_drain_or_resume,
+                 messages.ATTACH: _on_attach, messages.PROBE: _on_probe}
 
     async def _probe(self, peer, msg):
         """`clusterplex doctor` asks (through the orchestrator): check what jobs need here."""
@@ -485,123 +460,7 @@ class Worker:
                  "fingerprint": protocol.secret_fingerprint(self.secret) if self.secret else ""}
         result = await probe.probe_here(request, facts)
         logger.info("doctor probe from %s answered", peer.name)
-        peer.post({"type": "probe_result", "probe_id": probe_id, "result": result})
-
-    async def start_job(self, peer, raw):
-        job_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else ""
-
-        def refuse(reason):
-            logger.warning("job %s refused: %s", job_id[:8] or "?", reason)
-            peer.post({"type": "refused", "job_id": job_id, "reason": reason})
-
-        try:
-            spec = protocol.check_job(raw)
-        except protocol.ProtocolError as e:
-            return refuse(f"malformed job: {e}")
-        if self.state != READY:
-            return refuse(f"worker {self.name} is {self.state}: {self.reason}")
-        if spec["id"] in self.jobs:
-            return refuse("duplicate job id")
-        if len(self.jobs) >= self.max_jobs:
-            return refuse(f"worker {self.name} is full ({len(self.jobs)}/{self.max_jobs} jobs)")
-        if capabilities.needs(spec["argv"]).eae and not (self.eae and self.eae.running):
-            return refuse(f"job needs EasyAudioEncoder, which is not running on worker {self.name} "
-                          f"(eae.enabled is {str(self.cfg.eae.enabled).lower()})")
-        res = rewrite.rewrite({"argv": spec["argv"], "cwd": spec["cwd"], "env": policy.filter_env(spec["env"])},
-                              self.rewrites, self.hardware)
-        spec = dict(spec, argv=res.argv, cwd=res.cwd, env=res.env)
-        for note in res.notes:
-            logger.log(logging.DEBUG if note.startswith("env ") else logging.INFO, "job %s: %s", spec["id"][:8], note)
-        if spec.get("resume"):
-            spec = self._resumed(spec)        # after path_map: the session dir as this worker sees it
-        problem = runner.preflight(spec, self.cfg.transcode_root, self.name, self.cfg.output_roots)
-        if problem:
-            return refuse(problem)
-        logger.debug("job %s: %s %s (cwd %s)", spec["id"][:8], shlex.quote(self.transcoder),
-                     shlex.join(spec["argv"]), spec["cwd"])
-        job = self.jobs[spec["id"]] = WorkerJob(spec, peer)
-        job.transcode = runner.Transcode(
-            spec, self.transcoder, runner.job_env(spec, self._job_env_overrides()),
-            lambda fd, data: job.post({"type": "out", "job_id": job.id, "fd": fd, "data": data.decode("latin-1")}),
-            self.cfg.kill_grace)
-        try:
-            pid = await job.transcode.start()
-        except OSError as e:
-            del self.jobs[job.id]
-            return refuse(f"cannot start transcoder {self.transcoder} on worker {self.name}: {e.strerror}")
-        job.pid = pid
-        logger.info("job %s started: pid %d, cwd %s", job.id[:8], pid, spec["cwd"])
-        job.post({"type": "started", "job_id": job.id, "pid": pid, "t": time.time()})
-        job.task = self._spawn(self._finish(job))
-        self.broadcast_status()
-        self.notifier.status(self.status_line())
-
-    def _resumed(self, spec):
-        """A job taken over from a dead worker: continue after its last complete segment."""
-        try:
-            names = os.listdir(spec["cwd"])
-        except OSError:
-            return spec
-        plan = resume.plan(spec["argv"], names)
-        logger.info("job %s: %s", spec["id"][:8], plan.reason)
-        return dict(spec, argv=plan.argv) if plan.argv is not None else spec
-
-    def _job_env_overrides(self):
-        """What the worker sets whatever the Plex host sent: its own codec dir and EAE folder."""
-        env = {}
-        if self.codecs is not None:
-            env["FFMPEG_EXTERNAL_LIBS"] = rewrite.escape_spaces(self.codecs.path.rstrip("/")) + "/"
-        if self.eae is not None:
-            env["EAE_ROOT"] = self.eae.watch_dir
-        env.update(self.cfg.env)
-        return env
-
-    async def _finish(self, job):
-        code, sig = await job.transcode.wait()
-        self.jobs.pop(job.id, None)
-        if job.detach_timer is not None:
-            job.detach_timer.cancel()
-        how = f"signal {sig}" if sig else f"exit code {code}"
-        logger.info("job %s ended: %s%s", job.id[:8], how, " (cancelled)" if job.transcode.cancelled else "")
-        job.ended = True
-        exit_msg = {"type": "exit", "job_id": job.id, "code": code, "signal": sig}
-        job.post(exit_msg)
-        if job.owner is None:        # keep the exit code for an orchestrator that re-attaches
-            self._keep_done(job)
-        else:                        # sent, maybe into a dying connection: held until confirmed
-            job.exit_msg = exit_msg
-            self.unacked[job.id] = job
-            while len(self.unacked) > MAX_UNACKED:
-                self.unacked.pop(next(iter(self.unacked)))
-        self.broadcast_status()
-        self.notifier.status(self.status_line())
-
-    def _keep_done(self, job):
-        self.detached_done[job.id] = job
-        job.detach_timer = asyncio.get_running_loop().call_later(
-            self.cfg.detached_grace, self.detached_done.pop, job.id, None)
-
-    def _detach(self, peer):
-        """The orchestrator went away: keep its jobs for a grace period, then stop them."""
-        for job in [j for j in self.unacked.values() if j.owner is peer]:
-            # Its exit may have died with the connection: report it to the next orchestrator.
-            del self.unacked[job.id]
-            job.owner = None
-            job.backlog, job._backlog_bytes = [job.exit_msg], 0
-            self._keep_done(job)
-        loop = asyncio.get_running_loop()
-        for job in self.jobs.values():
-            if job.owner is peer:
-                job.owner = None
-                logger.warning("job %s lost its orchestrator; stopping it in %ss unless re-attached",
-                               job.id[:8], self.cfg.detached_grace)
-                job.detach_timer = loop.call_later(self.cfg.detached_grace, self._expire, job)
-
-    def _expire(self, job):
-        job.detach_timer = None
-        if job.owner is None and job.transcode is not None:
-            logger.warning("job %s: no orchestrator re-attached; stopping it", job.id[:8])
-            self._spawn(job.transcode.terminate())
+        peer.post(messages.probe_result(probe_id, result))
 
 
 def main(argv=None):
