@@ -54,8 +54,9 @@ class Remote:
         self.cfg = cfg
         self.secret = secret
         self.job_id = protocol.new_job_id()
-        self.argv = plexargs.rewrite_urls(argv, cfg.plex_url, callback_base(cfg, secret, self.job_id))
-        key, uuid = plexargs.session_of(argv)
+        parsed = plexargs.parse(argv)
+        self.argv = plexargs.rewrite_urls(parsed.argv, cfg.plex_url, callback_base(cfg, secret, self.job_id))
+        key, uuid = parsed.session
         self.job = {"id": self.job_id, "argv": self.argv, "cwd": cwd,
                     "env": policy.filter_env(environ, cfg.env_allow),
                     "session": f"{key}/{uuid}" if uuid else key}
@@ -206,7 +207,8 @@ def run(argv, environ=None, cwd=None):
         tell_relay(cfg, "forced_local mode_local")
         return exec_local(original, argv, None)
     cwd = cwd or os.getcwd()
-    why = policy.must_run_local(argv, cwd, cfg.local_rules)
+    job = plexargs.parse(argv)      # tokenised once: the local rules, the session and a resume read it
+    why = policy.must_run_local(job, cwd, cfg.local_rules)
     if why:
         tell_relay(cfg, "forced_local " + ("local_rules" if why.startswith("local_rules[") else "detection"))
         return exec_local(original, argv, why)
@@ -214,7 +216,7 @@ def run(argv, environ=None, cwd=None):
         secret = config.load_secret(cfg.secret_file)
     except config.ConfigError as e:
         return fail_or_fallback(cfg, argv, f"cannot use the cluster: {e}", True)
-    remote = Remote(cfg, secret, argv, cwd, environ)
+    remote = Remote(cfg, secret, job, cwd, environ)
     if cfg.orchestrator == "auto":
         found = cache.read(cfg.discovery.cache_file)
         if found is None:
@@ -252,19 +254,20 @@ def run(argv, environ=None, cwd=None):
     _, reason, fallback_ok = outcome
     # The orchestrator told us why: it counted this run already.
     if fallback_ok == "resume":
-        return fail_or_fallback(cfg, resumed(argv, cwd), reason + "; continuing from the last segment", True,
+        return fail_or_fallback(cfg, resumed(job, cwd), reason + "; continuing from the last segment", True,
                                 counted=True)
     return fail_or_fallback(cfg, argv, reason, fallback_ok, counted=True)
 
 
-def resumed(argv, cwd):
-    """The arguments that continue this transcode after its last complete segment (or as they were)."""
+def resumed(job, cwd):
+    """The arguments that continue this transcode (an ``args.Parsed``) after its last complete segment
+    (or as they were), as a list."""
     from .core import resume
     try:
-        plan = resume.plan(argv, os.listdir(cwd))
+        plan = resume.plan(job, os.listdir(cwd))
     except OSError:
-        return argv
-    return plan.argv if plan.argv is not None else argv
+        return list(job.argv)
+    return plan.argv if plan.argv is not None else list(job.argv)
 
 
 def tell_relay(cfg, event):
