@@ -1,6 +1,6 @@
 import pytest
 
-from clusterplex.core import capabilities
+from clusterplex.core import args, capabilities
 from testbed.fixtures import load_argv as fixture
 
 
@@ -30,3 +30,17 @@ def test_fit_and_missing():
     assert capabilities.missing(n, ["av1:vaapi:decode", "hevc:vaapi:encode", "eae"]) == []
     assert capabilities.hardware_fit(n, ["av1:vaapi:decode"], True) == (0, "av1 decode in hardware (vaapi)")
     assert capabilities.hardware_fit(capabilities.needs(fixture("F1")), [], True)[0] == 1
+
+
+@pytest.mark.parametrize("name", ["F1", "F2", "F3", "F4", "F5", "F6"])
+def test_needs_reads_a_parsed_argv_like_the_list(name):
+    a, b = capabilities.needs(fixture(name)), capabilities.needs(args.parse(fixture(name)))
+    assert (a.decode, a.encode, a.hw_required, a.eae, a.width, a.height) == \
+        (b.decode, b.encode, b.hw_required, b.eae, b.width, b.height)
+
+
+def test_decoder_hints_are_read_before_the_first_input_only():
+    n = capabilities.needs(["-hwaccel", "cuda", "-codec:0", "hevc", "-i", "a.mkv", "-codec:0", "h264", "-i", "b.mkv",
+                            "-codec:0", "libx264", "o.ts"])
+    assert n.decode == {"hevc"} and n.hw_required == {"hevc:nvdec:decode"}
+    assert n.encode == {"h264"}               # after the first input, a codec option names an encoder

@@ -1,5 +1,6 @@
 import pytest
 
+from clusterplex.core import args
 from clusterplex.worker import runner
 from testbed.fixtures import load_argv as fixture
 
@@ -35,3 +36,10 @@ def test_callbacks_pipes_and_relative_names_are_fine():
     argv = ["-i", "x", "-manifest_name", "http://relay:32499/_cp/j/m/manifest", "-progress", "pipe:1",
             "-init_seg_name", "init-stream$RepresentationID$.m4s", "dash", "-"]
     assert runner.output_problem(argv, CWD, []) is None
+
+
+@pytest.mark.parametrize("name", ["F1", "F4"])
+def test_a_parsed_argv_is_checked_like_the_list(name):
+    for roots in ([], ["/media/movies"]):
+        assert runner.output_problem(args.parse(fixture(name)), CWD, roots) == \
+            runner.output_problem(fixture(name), CWD, roots)

@@ -1,6 +1,6 @@
 from types import SimpleNamespace
 
-from clusterplex.core import policy
+from clusterplex.core import args, policy
 from testbed.fixtures import load_argv as fixture
 
 
@@ -36,3 +36,11 @@ def test_configured_rules_all_conditions_must_match():
         "local_rules[0] matched"
     empty = [SimpleNamespace(cwd_contains="", argv_contains="", output_contains="")]
     assert policy.must_run_local(fixture("F1"), "/x", empty) is None
+
+
+def test_a_parsed_argv_is_read_like_the_list():
+    rules = [{"argv_contains": "eac3_eae"}]
+    for name in ("F1", "F4", "F5"):
+        for cwd in ("/transcode/Transcode/Sessions/x", "/tmp/PlexCreditsDetection-1/x"):
+            assert policy.must_run_local(args.parse(fixture(name)), cwd, rules) == \
+                policy.must_run_local(fixture(name), cwd, rules)

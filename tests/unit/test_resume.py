@@ -3,7 +3,7 @@ import copy
 
 import pytest
 
-from clusterplex.core import resume
+from clusterplex.core import args, resume
 from testbed.fixtures import load_argv
 
 
@@ -213,3 +213,9 @@ def test_missing_start_option_is_added_to_the_main_output():
 
 def test_format_seconds():
     assert [resume.format_seconds(v) for v in ("42", "42.000", "7.50", "1E+3", "0")] == ["42", "42", "7.5", "1000", "0"]
+
+
+@pytest.mark.parametrize("name,names,segment,seconds,ss,fragment", RESUMED)
+def test_a_parsed_argv_is_planned_like_the_list(name, names, segment, seconds, ss, fragment):
+    argv = load_argv(name)
+    assert resume.plan(args.parse(argv), names) == resume.plan(argv, names)

@@ -1,4 +1,4 @@
-"""Worker-side rewrites (clusterplex/rewrite.py) over the captured Plex argv.
+"""Worker-side rewrites (clusterplex/worker/rewrite/, docs/rewrite.md) over the captured Plex argv.
 
 Pure-function tests, table-driven over tests/data/plex-argv, plus real checks
 against Debian's stock ffmpeg 5.1 that the option names the rewrite emits
@@ -208,6 +208,19 @@ def test_settings_as_namespace_dict_or_settings():
     c = rw.rewrite(job(fixture("F1")), rw.check_settings(as_dict), hardware())
     assert a == b == c
     assert a.api == "vaapi"
+
+
+@pytest.mark.parametrize("settings", [{}, {"path_map": [("/media", "/m")]}, {"hwaccel": "vaapi"},
+                                      {"path_map": [("/media", "/m")], "hwaccel": "nvenc"}])
+@pytest.mark.parametrize("name", ["F1", "F2", "F3", "F4"])
+def test_the_callers_parsed_argv_is_read_and_the_result_comes_parsed(name, settings):
+    argv = fixture(name)
+    parsed = plexargs.parse(argv)
+    res = rw.rewrite(job(argv), settings, hardware(), parsed)
+    assert res == rw.rewrite(job(argv), settings, hardware())
+    assert res.parsed == plexargs.parse(res.argv)
+    if res.argv == argv:
+        assert res.parsed is parsed                          # nothing changed: not parsed again
 
 
 # ============================================================ hwaccel: none ====
