@@ -135,6 +135,9 @@ class Remote:
             except OSError:
                 pass
 
+    def _on_assigned(self, msg):
+        pass                # a worker was chosen; the job is ours once it has started
+
     def _on_started(self, msg):
         self.started = True
 
@@ -161,9 +164,9 @@ class Remote:
         raise protocol.AuthError(str(msg.get("reason")))
 
     # what the orchestrator may send a shim (messages.ACCEPTS); anything else is ignored
-    _HANDLERS = {messages.OUT: _on_out, messages.STARTED: _on_started, messages.FAILOVER: _on_failover,
-                 messages.ATTACHED: _on_attached, messages.EXIT: _on_exit, messages.FAILED: _on_failed,
-                 messages.REFUSED: _on_refused}
+    _HANDLERS = {messages.ASSIGNED: _on_assigned, messages.OUT: _on_out, messages.STARTED: _on_started,
+                 messages.FAILOVER: _on_failover, messages.ATTACHED: _on_attached, messages.EXIT: _on_exit,
+                 messages.FAILED: _on_failed, messages.REFUSED: _on_refused}
 
 def callback_base(cfg, secret, job_id):
     """Where the job's transcoder calls PMS back: the relay with this job's capability, or, with
