@@ -6,8 +6,9 @@
 
 A refusal before the transcoder started sends the job back to pending with
 the worker excluded, so the orchestrator tries another one; the reasons are
-kept for the shim's error message. Finished jobs stay in a short history for
-the API.
+kept for the shim's error message. A transition from the wrong state raises
+``IllegalTransition`` (``control`` logs and ignores the event). Finished jobs
+stay in a short history for the API.
 """
 
 import collections
@@ -19,6 +20,10 @@ EXITED = "exited"
 FAILED = "failed"
 CANCELLED = "cancelled"
 FINAL = (EXITED, FAILED, CANCELLED)
+
+
+class IllegalTransition(Exception):
+    """An event that the job's (or the table's) state does not allow."""
 
 
 class Job:
@@ -53,15 +58,19 @@ class Job:
     def excluded(self):
         return {w for w, _ in self.tried_keys}
 
+    def _expect(self, event, *states):
+        if self.state not in states:
+            raise IllegalTransition(f"job {self.id[:8]}: {event} while {self.state}")
+
     def assign(self, worker_key, worker_name, now):
-        assert self.state == PENDING, self.state
+        self._expect("assign", PENDING)
         self.state = ASSIGNED
         self.worker, self.worker_name = worker_key, worker_name
         self.assigned_at = now
 
     def refused(self, reason):
         """The worker would not start it: back to pending, that worker excluded."""
-        assert self.state == ASSIGNED, self.state
+        self._expect("refused", ASSIGNED)
         self.tried_keys.append((self.worker, reason))
         self.tried.append((self.worker_name, reason))
         self.state = PENDING
@@ -69,7 +78,7 @@ class Job:
 
     def lost(self, reason):
         """Its worker died while running it: back to pending, to run again elsewhere."""
-        assert self.state == RUNNING, self.state
+        self._expect("lost", RUNNING)
         self.tried_keys.append((self.worker, reason))
         self.tried.append((self.worker_name, reason))
         self.restarts += 1
@@ -77,22 +86,25 @@ class Job:
         self.worker, self.worker_name, self.pid = None, "", None
 
     def started(self, pid, now):
-        if self.state == ASSIGNED:
-            self.state = RUNNING
-            self.pid = pid
-            self.started_at = now
+        self._expect("started", ASSIGNED)
+        self.state = RUNNING
+        self.pid = pid
+        self.started_at = now
 
     def exited(self, code, signal, now):
+        self._expect("exit", ASSIGNED, RUNNING)
         self.state = EXITED
         self.exit_code, self.signal = code, signal
         self.ended_at = now
 
     def fail(self, reason, now):
+        self._expect("fail", PENDING, ASSIGNED, RUNNING)
         self.state = FAILED
         self.reason = reason
         self.ended_at = now
 
     def cancel(self, now):
+        self._expect("cancel", PENDING, ASSIGNED, RUNNING)
         self.state = CANCELLED
         self.ended_at = now
 
@@ -128,7 +140,7 @@ class JobTable:
 
     def add(self, job):
         if job.id in self._active:
-            raise KeyError(f"job {job.id} already exists")
+            raise IllegalTransition(f"job {job.id} already exists")
         self._active[job.id] = job
 
     def get(self, job_id):
