@@ -1,14 +1,14 @@
-"""What the orchestrator's web page and ``/api/v1/events`` show, besides its tables.
+"""What the orchestrator's web page and ``/api/v1/events`` show, besides its tables (pure).
 
+``status_line``: the headline (also the daemon's sd_notify STATUS).
 ``Recent``: a bounded list of recent failures, refusals and runs that fell
-back to Plex's own transcoder, with their reasons (pure: events and the
-time in). ``Hub``: fans live snapshots out to Server-Sent-Events clients,
-each with a small bounded queue: a slow client loses old snapshots (the
-next one is complete anyway), never makes the orchestrator wait or grow.
+back to Plex's own transcoder, with their reasons (events and the time in);
+``sse`` encodes one Server-Sent Event. ``live.Hub`` fans the events out.
 """
 
-import asyncio
 import collections
+
+from . import jobs, registry
 
 # Kinds of entries in the recent list.
 NO_WORKER = "no_worker"            # no worker could take the job
@@ -19,7 +19,28 @@ RESUMED = "resumed"                # its worker was lost; it continues from the 
 KINDS = (NO_WORKER, REMOTE_FAILED, REFUSED, FELL_BACK_LOCAL, RESUMED)
 
 MAX_REASON = 500
-CLIENT_QUEUE = 4                   # snapshots waiting per client before the oldest is dropped
+
+
+def status_line(workers, active_jobs, waiting, ignored):
+    """``2 of 3 workers ready, 1 offline, 4 jobs running, 1 waiting for a worker``; ``ignored``: mDNS
+    workers of other clusters."""
+    ready = sum(1 for w in workers if w.state == registry.READY)
+    others = {}
+    for w in workers:
+        if w.state != registry.READY:
+            others[w.state] = others.get(w.state, 0) + 1
+    running = sum(1 for j in active_jobs if j.state == jobs.RUNNING)
+    states = "".join(f", {n} {state}" for state, n in sorted(others.items()))
+    if ignored:
+        states += f", {ignored} ignored"
+    waiting = f", {waiting} waiting for a worker" if waiting else ""
+    total = len(workers)
+    return f"{ready} of {total} workers ready{states}, {running} job{'' if running == 1 else 's'} running{waiting}"
+
+
+def worker_of(job):
+    """The worker an entry names: the job's, or the last one that tried it."""
+    return job.worker_name or (job.tried[-1][0] if job.tried else "")
 
 
 class Recent:
@@ -31,15 +52,19 @@ class Recent:
 
     def add(self, kind, job, reason, wall_time):
         """Record ``kind`` for ``job`` (a ``jobs.Job``) at ``wall_time`` (seconds since the epoch)."""
+        self.add_entry(kind, job.id, job.session, worker_of(job), reason, wall_time)
+
+    def add_entry(self, kind, job_id, session, worker, reason, wall_time):
+        """Record ``kind`` for the job ``job_id`` (``effects.Note`` holds the same fields)."""
         assert kind in KINDS, kind
         self._seq += 1
         self._items.append({
             "seq": self._seq,
             "time": round(wall_time, 3),
             "kind": kind,
-            "job": job.id,
-            "session": job.session,
-            "worker": job.worker_name or (job.tried[-1][0] if job.tried else ""),
+            "job": job_id,
+            "session": session,
+            "worker": worker,
             "reason": str(reason)[:MAX_REASON],
         })
 
@@ -48,50 +73,6 @@ class Recent:
 
     def __len__(self):
         return len(self._items)
-
-
-class Client:
-    """One SSE listener: a bounded queue of encoded events."""
-
-    def __init__(self, size=CLIENT_QUEUE):
-        self.queue = asyncio.Queue(maxsize=size)
-        self.dropped = 0
-
-    def offer(self, item):
-        while True:
-            try:
-                self.queue.put_nowait(item)
-                return
-            except asyncio.QueueFull:
-                self.queue.get_nowait()      # drop the oldest: the newest snapshot is complete
-                self.dropped += 1
-
-
-class Hub:
-    """Clients come and go; ``publish`` never blocks. ``close`` ends every stream (``None``)."""
-
-    def __init__(self):
-        self.clients = set()
-        self.closed = False
-
-    def join(self):
-        client = Client()
-        if self.closed:
-            client.offer(None)
-        self.clients.add(client)
-        return client
-
-    def leave(self, client):
-        self.clients.discard(client)
-
-    def publish(self, item):
-        for client in self.clients:
-            client.offer(item)
-
-    def close(self):
-        self.closed = True
-        for client in self.clients:
-            client.offer(None)
 
 
 def sse(event, data):

@@ -1,8 +1,8 @@
 """The orchestrator's view of its workers (pure state, no I/O).
 
-Workers come from *sources*: the static ``workers`` list today, mDNS
-discovery later. A source only calls ``add``/``remove``; connections and
-status updates are fed in by the I/O layer. Capacity counts the jobs this
+Workers come from *sources*: the static ``workers`` list and mDNS
+discovery. A source only calls ``add``/``remove`` (through ``control``);
+status updates come from the workers' links. Capacity counts the jobs this
 orchestrator has assigned (in flight or running) as well as what the worker
 reports, so a burst of submissions never overshoots ``max_jobs``.
 """

@@ -6,7 +6,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from clusterplex.orchestrator import feed, jobs, metrics, registry
+from clusterplex.orchestrator import feed, jobs, live, metrics, registry
 from clusterplex.relay import metrics as relay_metrics
 
 
@@ -18,7 +18,7 @@ class State:
         self.jobs = jobs.JobTable()
         self.shims = {}
         self.queue = {}
-        self.hub = feed.Hub()
+        self.hub = live.Hub()
 
 
 def job(n, session="sess/uuid"):
@@ -182,13 +182,13 @@ def test_recent_is_bounded_and_keeps_reasons():
 
 def test_hub_queues_are_bounded_and_close_ends_every_stream():
     async def scenario():
-        hub = feed.Hub()
+        hub = live.Hub()
         slow, fast = hub.join(), hub.join()
         for i in range(10):
             hub.publish(i)
             assert await fast.queue.get() == i
-        assert slow.queue.qsize() == feed.CLIENT_QUEUE and slow.dropped == 10 - feed.CLIENT_QUEUE
-        assert [slow.queue.get_nowait() for _ in range(feed.CLIENT_QUEUE)] == list(range(10 - feed.CLIENT_QUEUE, 10))
+        assert slow.queue.qsize() == live.CLIENT_QUEUE and slow.dropped == 10 - live.CLIENT_QUEUE
+        assert [slow.queue.get_nowait() for _ in range(live.CLIENT_QUEUE)] == list(range(10 - live.CLIENT_QUEUE, 10))
         hub.leave(slow)
         hub.publish("after")
         assert slow.queue.empty() and await fast.queue.get() == "after"
