@@ -6,6 +6,7 @@ does is in docs/failure.md; these tests pin every transition of ``control``.
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -135,7 +136,9 @@ def test_message_tables_cover_exactly_what_the_protocol_accepts():
 def test_control_loads_no_io_library():
     code = ("import sys, clusterplex.orchestrator.control; "
             "print(sorted(m for m in ('asyncio', 'aiohttp', 'zeroconf', 'psutil') if m in sys.modules))")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+    repo = Path(__file__).resolve().parents[2]
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=repo).stdout == "[]\n"
 
 
 # --- submission and dispatch -------------------------------------------------------------
