@@ -13,7 +13,7 @@ Messages are dispatched by tables keyed by ``core.messages`` types; an event
 that the state does not allow (``jobs.IllegalTransition``) is logged and ignored.
 """
 
-from ..common.metrics import CANCELLED, REMOTE_FAILED, REMOTE_OK
+from ..core.outcomes import CANCELLED, REMOTE_FAILED, REMOTE_OK
 from ..core import capabilities, messages, protocol
 from . import feed, jobs, placement
 from .effects import DEBUG, INFO, WARNING, Link, Probe, ProbeResult

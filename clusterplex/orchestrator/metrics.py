@@ -13,11 +13,11 @@ docs/operators.md for the list.
 import time
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from ..common.metrics import (CANCELLED, CONTENT_TYPE, FELL_BACK_LOCAL, NO_WORKER, OUTCOMES, REMOTE_FAILED,  # noqa: F401
-                              REMOTE_OK, RESUMED, Histogram, build_info, counter_family, histogram_family, number)
+from ..common.metrics import CONTENT_TYPE, Histogram, build_info, counter_family, histogram_family, number  # noqa: F401
+from ..core.outcomes import CANCELLED, NO_WORKER, OUTCOMES, REMOTE_FAILED, REMOTE_OK
 from . import registry, scheduler
 
 LEGACY_COUNTERS = (

@@ -8,7 +8,7 @@ re-dispatch, fail over with resume (at most ``MAX_RESTARTS`` times) or fail.
 Pure, like ``control``: effects go to ``self.out``.
 """
 
-from ..common.metrics import CANCELLED, FELL_BACK_LOCAL, NO_WORKER, REMOTE_FAILED, RESUMED
+from ..core.outcomes import CANCELLED, FELL_BACK_LOCAL, NO_WORKER, REMOTE_FAILED, RESUMED
 from ..core import messages
 from . import feed, jobs, registry, scheduler
 from .effects import INFO, WARNING, Outbox

@@ -3,8 +3,8 @@
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from ..common.metrics import (CONTENT_TYPE, FELL_BACK_LOCAL, FORCED_LOCAL, SHIM_EVENTS,  # noqa: F401
-                              Histogram, build_info, counter_family, histogram_family)
+from ..common.metrics import CONTENT_TYPE, Histogram, build_info, counter_family, histogram_family  # noqa: F401
+from ..core.outcomes import SHIM_EVENTS
 
 RELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0)
 RELAY_REFUSALS = (          # clusterplex_relay_refused_total{reason}: reason text -> label

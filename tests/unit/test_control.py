@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterplex.common import metrics as m
+from clusterplex.core import outcomes as m
 from clusterplex.core import messages
 from clusterplex.orchestrator import control, feed, jobs
 from clusterplex.orchestrator.effects import Changed, Link, Log, Metric, Note, Probe, ProbeResult, ToShim, ToWorker

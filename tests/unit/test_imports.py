@@ -131,6 +131,23 @@ def test_core_imports_only_the_standard_library_yaml_and_core():
     assert not bad, report("clusterplex.core may import only the standard library, yaml and clusterplex.core", bad)
 
 
+ORCHESTRATOR_PURE = ("control", "placement", "effects", "jobs", "registry", "scheduler", "feed")
+
+
+@pytest.mark.parametrize("module", ORCHESTRATOR_PURE)
+def test_the_orchestrators_decisions_import_no_io(module):
+    """The sans-io core: the standard library without asyncio or sockets, core, and each other."""
+    def allowed(target):
+        top = target.split(".")[0]
+        return ((top in sys.stdlib_module_names and top not in ("asyncio", "socket", "ssl", "subprocess", "http"))
+                or inside(target, "clusterplex.core") or target == "clusterplex"
+                or any(inside(target, f"clusterplex.orchestrator.{m}") for m in ORCHESTRATOR_PURE))
+    name = f"clusterplex.orchestrator.{module}"
+    bad = [e for e in edges(name) if not allowed(e[2])]
+    assert not bad, report(f"{name} is pure: it may import only the standard library (no I/O), core and "
+                           f"the orchestrator's other pure modules", bad)
+
+
 @pytest.mark.parametrize("package,forbidden", [("common", WINGS), ("relay", ("orchestrator", "worker"))])
 def test_common_imports_no_wing_and_the_relay_neither_orchestrator_nor_worker(package, forbidden):
     bad = [e for e in edges(f"clusterplex.{package}") if any(inside(e[2], f"clusterplex.{w}") for w in forbidden)]

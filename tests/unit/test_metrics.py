@@ -6,6 +6,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from clusterplex.core import outcomes
 from clusterplex.orchestrator import feed, jobs, live, metrics, registry
 from clusterplex.relay import metrics as relay_metrics
 
@@ -43,8 +44,8 @@ def test_clusterplex_counters_keep_their_exact_names_and_types():
     m = metrics.OrchestratorMetrics(State())
     m.posted()
     m.posted()
-    m.outcome(metrics.REMOTE_OK, 10)
-    m.outcome(metrics.CANCELLED)
+    m.outcome(outcomes.REMOTE_OK, 10)
+    m.outcome(outcomes.CANCELLED)
     text = m.exposition().decode()
     assert text.startswith("# HELP jobs_posted Jobs Posted\n# TYPE jobs_posted counter\njobs_posted 2.0\n")
     for line in ("# TYPE jobs_completed counter\njobs_completed 2.0\n",
@@ -59,8 +60,8 @@ def test_clusterplex_counters_keep_their_exact_names_and_types():
 
 def test_outcomes_map_onto_clusterplex_counters():
     m = metrics.OrchestratorMetrics(State())
-    for o in (metrics.REMOTE_OK, metrics.REMOTE_FAILED, metrics.NO_WORKER, metrics.CANCELLED,
-              metrics.FELL_BACK_LOCAL, metrics.RESUMED):
+    for o in (outcomes.REMOTE_OK, outcomes.REMOTE_FAILED, outcomes.NO_WORKER, outcomes.CANCELLED,
+              outcomes.FELL_BACK_LOCAL, outcomes.RESUMED):
         m.outcome(o)
     assert m.legacy == {"jobs_posted": 0, "jobs_completed": 4, "jobs_succeeded": 1, "jobs_failed": 2,
                         "jobs_killed": 1}
@@ -117,7 +118,7 @@ def test_histograms_are_cumulative_with_sum_and_count():
     assert h.sum == pytest.approx(3.65) and h.count == 5
     m = metrics.OrchestratorMetrics(State())
     m.dispatched(0.02)
-    m.outcome(metrics.REMOTE_OK, 42.0)
+    m.outcome(outcomes.REMOTE_OK, 42.0)
     s = samples(m.exposition().decode())
     assert s[("clusterplex_dispatch_latency_seconds_bucket", (("le", "0.025"),))] == 1
     assert s[("clusterplex_dispatch_latency_seconds_bucket", (("le", "0.01"),))] == 0
