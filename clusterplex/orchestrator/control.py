@@ -13,8 +13,8 @@ Messages are dispatched by tables keyed by ``core.messages`` types; an event
 that the state does not allow (``jobs.IllegalTransition``) is logged and ignored.
 """
 
-from ..core.outcomes import CANCELLED, REMOTE_FAILED, REMOTE_OK
 from ..core import capabilities, messages, protocol
+from ..core.outcomes import CANCELLED, REMOTE_FAILED, REMOTE_OK
 from . import feed, jobs, placement
 from .effects import DEBUG, INFO, WARNING, Link, Probe, ProbeResult
 from .jobs import IllegalTransition
