@@ -238,9 +238,12 @@ class Control(placement.Placement):
 
     def _adopt(self, key, rec, reported, now):
         """Jobs a worker runs that we do not know: a previous orchestrator started them. Take them
-        over (the worker replays what we missed) so their shims can re-attach."""
+        over (the worker replays what we missed) so their shims can re-attach. A worker runs at most
+        its ``max_jobs``: beyond that (plus what we dispatched to it), nothing more is adopted."""
         if not isinstance(reported, list):
             return
+        room = rec.max_jobs - sum(1 for j in rec.jobs if self.jobs.get(j) is not None and self.jobs.get(j).adopted)
+        excess = 0
         for item in reported:
             if not isinstance(item, dict):
                 continue
@@ -259,6 +262,10 @@ class Control(placement.Placement):
                                  spec["id"][:8], rec.name or rec.address_str)
                     self.out.to_worker(key, messages.cancel(spec["id"]))
                 continue
+            if room <= 0:
+                excess += 1
+                continue
+            room -= 1
             job = jobs.Job(spec, now)
             job.adopted = True
             job.assign(key, rec.name or rec.address_str, now)
@@ -272,6 +279,9 @@ class Control(placement.Placement):
             for s in list(self.sessions.values()):
                 if s.waiting is not None and s.waiting[0] == job.id:
                     self._answer_attach(s, job.id)
+        if excess:
+            self.out.log(WARNING, "worker %s reports %d jobs more than its max_jobs (%d) lets it run: not adopted",
+                         rec.name or rec.address_str, excess, rec.max_jobs, once=("adopt", key))
 
     def _on_load(self, key, msg, now):
         self.registry.update_load(key, msg, now)

@@ -363,6 +363,28 @@ def test_adoption_takes_over_a_running_job_and_answers_the_waiting_shim():
     assert to_shim(w.last, conn) == [messages.exit(187, None)]
 
 
+@pytest.mark.parametrize("max_jobs, reported, ours, adopted", [
+    (2, 2, 0, 2),            # what it may run: all adopted
+    (2, 5, 0, 2),            # more than its max_jobs: the first two only
+    (2, 3, 1, 2),            # ours (dispatched by us) come on top of what it may have adopted
+    (0, 3, 0, 0),            # max_jobs 0: nothing
+])
+def test_a_worker_reporting_more_jobs_than_its_max_jobs_gets_no_more_adopted(max_jobs, reported, ours, adopted):
+    w = World(workers=("w0",), max_jobs=max(1, max_jobs))
+    mine = [w.run("w0")[1] for _ in range(ours)]
+    listed = [{"id": f"{i:032x}", "pid": 100 + i, "state": "running"} for i in range(reported)]
+    listed += [{"id": j, "pid": 42, "state": "running"} for j in mine]
+    expected = [j["id"] for j in listed[:adopted]]
+    for attached in (expected, []):             # the next status reports the same: nothing more adopted
+        w.status("w0", max_jobs=max_jobs, jobs=listed)
+        assert [j["id"] for j in listed[:reported] if w.c.jobs.get(j["id"]) is not None] == expected
+        assert sorted(w.c.registry.get("static:w0").jobs) == sorted(expected + mine)
+        assert to_worker(w.last) == [("w0", messages.attach(j)) for j in attached]
+        refusals = [(e.once, e.args[1]) for e in w.last if isinstance(e, Log) and "more than its max_jobs" in e.text]
+        assert refusals == ([(("adopt", "static:w0"), reported - adopted)] if reported > adopted else [])
+    assert [job.id for job in w.c.jobs.active() if not job.adopted] == mine
+
+
 @pytest.mark.parametrize("then", ["moved elsewhere", "ended"])
 def test_a_cut_off_worker_reporting_a_stale_copy_is_fenced(then):
     w = World(workers=("w0", "w1") if then == "moved elsewhere" else ("w0",))
