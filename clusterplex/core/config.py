@@ -280,6 +280,7 @@ WORKER = Section({
     "transcoder": Path(PLEX_TRANSCODER),
     "transcode_root": Path("/transcode"),
     "output_roots": List(Path()),
+    "media_roots": List(Path()),
     "max_jobs": IntOrAuto(),
     "weight": Number(1.0, minimum=0.01, maximum=1000),
     "priority": Number(0, minimum=-1000, maximum=1000, integer=True),

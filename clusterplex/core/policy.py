@@ -7,15 +7,22 @@ filter: it never trusts what arrives on the wire). Standard library only.
 from . import args as plexargs
 
 # Plex's own variables and the few generic ones a transcoder needs.
-ENV_ALLOW = frozenset((
-    "X_PLEX_TOKEN", "FFMPEG_EXTERNAL_LIBS", "EAE_ROOT", "LIBVA_DRIVERS_PATH", "LIBVA_DRIVER_NAME",
-    "TMPDIR", "XDG_CACHE_HOME", "XDG_DATA_HOME", "LANG", "LANGUAGE", "TZ",
-))
+ENV_ALLOW = frozenset(("X_PLEX_TOKEN", "XDG_DATA_HOME", "LANG", "LANGUAGE", "TZ"))
 ENV_ALLOW_PREFIXES = ("PLEX_", "X_PLEX_", "LC_")
-# Never forwarded, whatever a config says: these change what code runs.
-ENV_DENY_PREFIXES = ("LD_", "PYTHON", "PATH", "IFS", "BASH_", "PERL", "RUBY", "NODE_", "GCONV_",
-                     "MALLOC_", "GLIBC_", "CLUSTERPLEX_", "NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_")
-ENV_DENY = frozenset(("PATH", "SHELL", "ENV", "BASH_ENV", "HOME", "USER", "LOGNAME"))
+# Never forwarded, whatever a config says: these change what code runs, or where it loads or
+# writes (libva's driver, Plex's codec libraries, EasyAudioEncoder's folder, temp files, the dynamic
+# loader, iconv and locale data, Python). The worker sets the ones a transcode needs itself
+# (its codecs dir, its EAE folder, its `env`).
+LOADER_ENV = frozenset((
+    "FFMPEG_EXTERNAL_LIBS", "EAE_ROOT", "TMPDIR", "LOCPATH", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR",
+    "FONTCONFIG_FILE", "FONTCONFIG_PATH", "OCL_ICD_FILENAMES", "OCL_ICD_VENDORS", "VDPAU_DRIVER", "VDPAU_DRIVER_PATH",
+    "CUDA_VISIBLE_DEVICES", "SSL_CERT_FILE", "SSL_CERT_DIR", "HOSTALIASES", "RESOLV_HOST_CONF", "LOCALDOMAIN",
+    "FFREPORT", "AV_LOG_FORCE_COLOR"))
+ENV_DENY_PREFIXES = ("LD_", "LIBVA_", "PYTHON", "PATH", "IFS", "BASH_", "PERL", "RUBY", "NODE_", "GCONV_",
+                     "MALLOC_", "GLIBC_", "CLUSTERPLEX_", "NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_", "MESA_", "DRI_",
+                     "__GL", "GST_", "GIO_", "GTK_", "DBUS_", "NVIDIA_", "__NV", "PLEX_MEDIA_SERVER_HOME",
+                     "PLEX_MEDIA_SERVER_APPLICATION_SUPPORT_DIR", "PLEX_MEDIA_SERVER_TMPDIR")
+ENV_DENY = frozenset(("PATH", "SHELL", "ENV", "BASH_ENV", "HOME", "USER", "LOGNAME")) | LOADER_ENV
 
 
 def env_allowed(name, extra_allow=()):

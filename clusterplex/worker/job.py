@@ -14,7 +14,7 @@ import shlex
 import time
 
 from ..core import args as plexargs
-from ..core import capabilities, messages, policy, protocol, resume
+from ..core import capabilities, messages, policy, protocol, resume, shape
 from . import rewrite, runner
 
 logger = logging.getLogger("clusterplex.worker")
@@ -108,6 +108,10 @@ class Jobs:
         if len(self.running) >= w.max_jobs:
             return refuse(f"worker {w.name} is full ({len(self.running)}/{w.max_jobs} jobs)")
         parsed = plexargs.parse(spec["argv"])
+        capability = self.capability
+        problem = shape.check(parsed, spec["cwd"], spec["id"], capability)
+        if problem:                  # what the wire sent: nothing runs, nothing is rewritten
+            return refuse(f"{problem} (worker {w.name})")
         if capabilities.needs(parsed).eae and not (w.eae and w.eae.running):
             return refuse(f"job needs EasyAudioEncoder, which is not running on worker {w.name} "
                           f"(eae.enabled is {str(w.cfg.eae.enabled).lower()})")
@@ -118,7 +122,9 @@ class Jobs:
             logger.log(logging.DEBUG if note.startswith("env ") else logging.INFO, "job %s: %s", spec["id"][:8], note)
         if spec.get("resume"):
             spec, parsed = resumed(spec, parsed)    # after path_map: the session dir as this worker sees it
-        problem = runner.preflight(spec, w.cfg.transcode_root, w.name, w.cfg.output_roots, parsed)
+        problem = runner.preflight(spec, w.cfg.transcode_root, w.name, w.cfg.output_roots, parsed,
+                                   media_roots=w.cfg.media_roots, capability=capability,
+                                   private=(w.cfg.secret_file, w.cfg.state_dir))
         if problem:
             return refuse(problem)
         logger.debug("job %s: %s %s (cwd %s)", spec["id"][:8], shlex.quote(w.transcoder),
@@ -157,6 +163,11 @@ class Jobs:
             while len(self.unacked) > MAX_UNACKED:
                 self.unacked.pop(next(iter(self.unacked)))
         self.worker.changed()
+
+    def capability(self, job_id, mac):
+        """Whether ``mac`` is the relay capability of ``job_id`` under this worker's secret."""
+        secret = self.worker.secret
+        return secret is not None and protocol.check_relay_capability(secret, job_id, mac)
 
     # --- what the orchestrator asks ----------------------------------------------
 

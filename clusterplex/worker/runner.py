@@ -12,7 +12,7 @@ import os
 import signal
 
 from ..core import args as plexargs
-from ..core import config, policy
+from ..core import config, policy, shape
 
 PR_SET_PDEATHSIG = 1
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -64,11 +64,11 @@ def under(path, root):
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-# Options whose value names a file the transcoder writes (besides the bare outputs).
-WRITE_OPTIONS = frozenset(("segment_list", "manifest_name", "vstats_file", "passlogfile", "progress",
-                           "dump_attachment", "hls_segment_filename", "segment_header_filename",
-                           "init_seg_name", "media_seg_name", "single_file_name", "hls_master_name"))
+# Options whose value names a file the transcoder writes (besides the bare outputs): core/shape's table.
+WRITE_OPTIONS = frozenset(n for n, kind in shape.OPTIONS.items() if kind == shape.WRITE) | shape.FILE_OR_CALLBACK
 OUTPUT_SCHEMES = ("http://", "https://", "pipe:")
+# Never read by a job when media_roots is empty (with it, only media_roots and the session dir are).
+PRIVATE_PATHS = ("/etc", "/proc", "/sys", "/dev", "/run", "/root", "/boot", "/var/lib/clusterplex")
 
 
 def output_problem(argv, cwd, output_roots):
@@ -76,36 +76,63 @@ def output_problem(argv, cwd, output_roots):
 
     ``argv``: a list or an ``args.Parsed``. Plex writes segments into the session dir (cwd) and calls
     PMS back over HTTP; optimize jobs write into a library's "Plex Versions" folder, which must be
-    listed in ``output_roots``.
+    listed in ``output_roots``. Files named by options (segments, headers, ``-vstats_file``...) stay
+    in the session dir.
     """
     job = plexargs.parse(argv)
-    targets = list(job.output_values)
-    targets += [t.value for t in job.tokens if t.kind == "option" and t.name in WRITE_OPTIONS and t.value is not None]
-    allowed = [cwd] + list(output_roots)
-    for target in targets:
+    targets = [(t, True) for t in job.output_values]
+    targets += [(t.value, False) for t in job.tokens
+                if t.kind == "option" and t.name in WRITE_OPTIONS and t.value is not None]
+    for target, bare in targets:
         if target == "-" or target.startswith(OUTPUT_SCHEMES):
             continue
         if plexargs.is_url(target) and not target.startswith("file:"):
             return f"refusing output {target}: only files, HTTP callbacks and pipes are allowed"
         path = target[5:] if target.startswith("file:") else target
         full = path if path.startswith("/") else os.path.join(cwd, path)
-        if not any(under(os.path.dirname(full) or "/", root) for root in allowed):
+        allowed = [cwd] + (list(output_roots) if bare else [])
+        if ".." in path.split("/") or not any(under(os.path.dirname(full) or "/", root) for root in allowed):
+            if not bare:
+                return f"refusing output {path}: files named by options stay in the session dir {cwd}"
             return (f"refusing output {path}: outside the session dir {cwd}"
                     + (f" and output_roots ({', '.join(output_roots)})" if output_roots else
                        " (optimize jobs writing to a library need its folder in output_roots)"))
     return None
 
 
-def preflight(job, transcode_root, worker_name, output_roots=(), parsed=None):
+def input_problem(parsed, cwd, media_roots, private=()):
+    """Why a file this job reads lies outside ``media_roots`` and its session dir, or None.
+
+    Without ``media_roots`` any path is read except :data:`PRIVATE_PATHS` and ``private`` (the
+    worker's secret and state). Symbolic links are resolved first.
+    """
+    for path in shape.reads(parsed, cwd):
+        real = os.path.realpath(path)
+        if media_roots:
+            if not any(under(real, root) for root in [cwd, *media_roots]):
+                return (f"refused: -i {path} (outside media_roots ({', '.join(media_roots)}) "
+                        f"and the session dir)")
+        elif any(under(real, p) for p in (*PRIVATE_PATHS, *private)):
+            return f"refused: -i {path} (the worker's private files are never a job's input; set media_roots)"
+    return None
+
+
+def preflight(job, transcode_root, worker_name, output_roots=(), parsed=None, media_roots=(), capability=None,
+              private=()):
     """Why this job cannot start here (a sentence for the admin), or None.
 
-    ``parsed``: ``job["argv"]`` as an ``args.Parsed``, when the caller has it already.
+    ``parsed``: ``job["argv"]`` as an ``args.Parsed``, when the caller has it already; ``capability``
+    checks a relay capability in the job's callbacks (core/shape); ``private``: paths no job reads.
     """
     parsed = plexargs.parse(job["argv"] if parsed is None else parsed)
     cwd = job["cwd"]
     if not under(cwd, transcode_root):
         return (f"refusing cwd {cwd}: it is outside transcode_root {transcode_root} on worker {worker_name} "
                 f"(is transcode_root the same path as Plex's transcoder temporary directory?)")
+    problem = shape.check(parsed, cwd, job.get("id", ""), capability) or input_problem(parsed, cwd, media_roots,
+                                                                                        private)
+    if problem:
+        return f"{problem} (worker {worker_name})"
     if not os.path.isdir(cwd):
         return (f"session directory {cwd} does not exist on worker {worker_name} "
                 f"(transcode directory not shared, or mounted at a different path? shares not mounted?)")

@@ -1,17 +1,33 @@
 from types import SimpleNamespace
 
+import pytest
+
 from clusterplex.core import args, policy
 from testbed.fixtures import load_argv as fixture
 
 
 def test_env_filter_keeps_plex_variables_and_drops_dangerous_ones():
-    env = {"X_PLEX_TOKEN": "t", "FFMPEG_EXTERNAL_LIBS": "/c\\ d/", "EAE_ROOT": "/tmp/e",
-           "PLEX_MEDIA_SERVER_INFO_MODEL": "x86_64", "LC_ALL": "C", "TZ": "UTC",
+    env = {"X_PLEX_TOKEN": "t", "PLEX_MEDIA_SERVER_INFO_MODEL": "x86_64", "LC_ALL": "C", "TZ": "UTC",
            "LD_PRELOAD": "/evil.so", "LD_LIBRARY_PATH": "/x", "PYTHONPATH": "/p", "PYTHONSTARTUP": "/p",
            "PATH": "/bin", "HOME": "/root", "SSH_AUTH_SOCK": "/s", "CLUSTERPLEX_CONFIG": "/c",
            "NOTIFY_SOCKET": "/run/n", "RANDOM_THING": "1"}
-    assert policy.filter_env(env) == {"X_PLEX_TOKEN": "t", "FFMPEG_EXTERNAL_LIBS": "/c\\ d/", "EAE_ROOT": "/tmp/e",
-                                      "PLEX_MEDIA_SERVER_INFO_MODEL": "x86_64", "LC_ALL": "C", "TZ": "UTC"}
+    assert policy.filter_env(env) == {"X_PLEX_TOKEN": "t", "PLEX_MEDIA_SERVER_INFO_MODEL": "x86_64", "LC_ALL": "C",
+                                      "TZ": "UTC"}
+
+
+# What steers a loader (or where the transcoder loads and writes) never comes from the wire: Plex's
+# host sets these for its own machine; a worker sets its own (codecs dir, EAE folder, `env`).
+LOADER_VARS = ["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "LIBVA_DRIVERS_PATH", "LIBVA_DRIVER_NAME",
+               "LIBVA_MESSAGING_LEVEL", "FFMPEG_EXTERNAL_LIBS", "EAE_ROOT", "TMPDIR", "PYTHONPATH", "PYTHONHOME",
+               "GCONV_PATH", "LOCPATH", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "FONTCONFIG_FILE", "OCL_ICD_FILENAMES",
+               "VDPAU_DRIVER_PATH", "MESA_LOADER_DRIVER_OVERRIDE", "__GLX_VENDOR_LIBRARY_NAME", "GST_PLUGIN_PATH",
+               "FFREPORT", "PLEX_MEDIA_SERVER_HOME", "PLEX_MEDIA_SERVER_APPLICATION_SUPPORT_DIR"]
+
+
+@pytest.mark.parametrize("name", LOADER_VARS)
+def test_loader_variables_never_travel_whatever_the_config_allows(name):
+    assert policy.filter_env({name: "/tmp/x"}) == {}
+    assert policy.filter_env({name: "/tmp/x"}, [name, "*", name[:3] + "*"]) == {}
 
 
 def test_env_extra_allow_never_overrides_the_deny_list():
