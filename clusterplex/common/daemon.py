@@ -132,12 +132,33 @@ def bind_socket(host, port, what):
 
 
 async def serve(app, host, port, what):
-    """Start an aiohttp app on an already-bound socket; return (runner, "host:port")."""
+    """Start an aiohttp app on an already-bound socket; return (runner, "host:port").
+
+    Connections go through ``listener.Listener`` (caps, header timeout, a pause after accept
+    errors); idle keep-alive connections close after ``listener.KEEPALIVE_TIMEOUT``."""
+    import inspect
     from aiohttp import web
+    from . import listener
     sock = bind_socket(host, port, what)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    site = None
+
+    @web.middleware
+    async def request_seen(request, handler):
+        if site is not None and site.guard is not None:
+            site.guard.request_started(request.protocol)
+        return await handler(request)
+
+    app.middlewares.insert(0, request_seen)
+    kwargs = {"access_log": None, "handle_signals": False, "keepalive_timeout": listener.KEEPALIVE_TIMEOUT}
+    site_kwargs = {}
+    if "shutdown_timeout" in inspect.signature(web.BaseRunner.__init__).parameters:     # aiohttp >= 3.9
+        kwargs["shutdown_timeout"] = 1.0
+    else:
+        site_kwargs["shutdown_timeout"] = 1.0
+    runner = web.AppRunner(app, **kwargs)
     await runner.setup()
-    await web.SockSite(runner, sock, shutdown_timeout=1.0).start()
+    site = listener.GuardedSite(runner, sock, what, **site_kwargs)
+    await site.start()
     bound = sock.getsockname()
     return runner, config.format_hostport(bound[0], bound[1])
 

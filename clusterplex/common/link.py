@@ -8,6 +8,7 @@ from aiohttp import web
 
 from ..core import protocol
 from ..core.messages import refused
+from . import listener
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ async def accept(request, secret, role, accept_roles, info, log_once, heartbeat=
             await ws.close(code=protocol.CLOSE_AUTH_FAILED, message=b"authentication failed")
         return ws, False
     await ws.send_str(protocol.encode(welcome))
+    listener.authenticated(request)          # no longer counted (nor pushed out) with anonymous connections
     logger.debug("authenticated %s from %s", peer_role, peer)
     return ws, True
 

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..core import messages, protocol
+from ..common import listener
 from . import feed, metrics
 
 logger = logging.getLogger("clusterplex.orchestrator")
@@ -27,6 +28,8 @@ WEB_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'
                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
 FEED_KEEPALIVE = 15.0  # seconds between SSE comments on an idle stream (finds clients that left)
 FEED_MAX_CLIENTS = 64
+FEED_MAX_PER_PEER = 8      # live streams from one address: one peer cannot lock the page out for the others
+BODY_TIMEOUT = 10.0        # seconds a request body may take to arrive
 
 
 def snapshot(orch):
@@ -96,7 +99,9 @@ class Api:
         """The relay reports how far jobs are (their transcoders' progress callbacks). Each report
         carries its job's relay capability, so only someone who has it can set a job's progress."""
         try:
-            body = json.loads(await request.text())
+            body = json.loads(await asyncio.wait_for(request.text(), BODY_TIMEOUT))
+        except asyncio.TimeoutError:
+            return web.json_response({"error": f"request body not sent within {BODY_TIMEOUT:.0f} s"}, status=408)
         except (ValueError, RecursionError):
             return web.json_response({"error": "expected JSON"}, status=400)
         reports = body.get("reports") if isinstance(body, dict) else None
@@ -136,9 +141,15 @@ class Api:
         hub = self.orch.hub
         if len(hub.clients) >= FEED_MAX_CLIENTS:
             return web.json_response({"error": "too many live clients"}, status=503)
+        peer = listener.peer_key(request.remote or "")
+        if hub.count(peer) >= FEED_MAX_PER_PEER:
+            self.orch.log_once.warning(("feed", peer), "refused a live stream to %s: %d open from there already",
+                                       peer, FEED_MAX_PER_PEER)
+            return web.json_response({"error": f"too many live clients from {peer} (at most {FEED_MAX_PER_PEER})"},
+                                     status=503)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
-        client = hub.join()
+        client = hub.join(peer)
         try:
             await resp.prepare(request)
             await resp.write(feed.sse("snapshot", snapshot(self.orch)))

@@ -12,7 +12,8 @@ CLIENT_QUEUE = 4                   # snapshots waiting per client before the old
 class Client:
     """One SSE listener: a bounded queue of encoded events."""
 
-    def __init__(self, size=CLIENT_QUEUE):
+    def __init__(self, peer="", size=CLIENT_QUEUE):
+        self.peer = peer
         self.queue = asyncio.Queue(maxsize=size)
         self.dropped = 0
 
@@ -33,12 +34,16 @@ class Hub:
         self.clients = set()
         self.closed = False
 
-    def join(self):
-        client = Client()
+    def join(self, peer=""):
+        client = Client(peer)
         if self.closed:
             client.offer(None)
         self.clients.add(client)
         return client
+
+    def count(self, peer):
+        """How many streams ``peer`` has open."""
+        return sum(1 for c in self.clients if c.peer == peer)
 
     def leave(self, client):
         self.clients.discard(client)
