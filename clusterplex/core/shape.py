@@ -49,7 +49,7 @@ for _kind, _names in (
             "segment_list_unfinished segment_list_flags min_seg_duration reset_timestamps increment_tc "
             "initial_offset hls_time hls_list_size hls_segment_type hls_flags hls_playlist_type start_number "
             "filter_hw_device filter_threads filter_complex_threads max_error_rate muxdelay muxpreload "
-            "output_ts_offset mpegts_flags mpegts_copyts bsf apad copytb"),
+            "output_ts_offset mpegts_flags mpegts_copyts bsf apad copytb forced-idr forced_idr"),
     (CODEC, "codec c vcodec acodec scodec"),
     (FORMAT, "f segment_format"),
     (GRAPH, "filter_complex lavfi filter vf af"),
@@ -74,6 +74,10 @@ REFUSED_OPTIONS = {
     "cert_file": "names a file", "key_file": "names a file", "ca_file": "names a file",
     "dump": "not part of a Plex transcode", "hex": "not part of a Plex transcode",
 }
+# The stand-in transcoder's test hooks (tests/fakes/plex_transcoder.py), one value each. Plex's
+# transcoder, like ffmpeg, rejects an unknown option while parsing its arguments, before it opens
+# anything, so they are harmless to a real transcode.
+TEST_HOOK_PREFIX = "x_test_"
 # A callback option, or a write option, that may name a file: only inside the session dir.
 FILE_OR_CALLBACK = frozenset(("manifest_name", "segment_list", "progress"))
 MUXERS = frozenset("""dash segment ssegment stream_segment hls mp4 mov ipod matroska webm mpegts flac mp3 adts ass
@@ -162,6 +166,8 @@ def _check_option(job, tok, raw, cwd, job_id, capability, origin):
     if name in REFUSED_OPTIONS:
         return _refuse(raw, REFUSED_OPTIONS[name])
     kind = OPTIONS.get(name)
+    if kind is None and name.startswith(TEST_HOOK_PREFIX):
+        kind = VALUE
     if kind is None:
         return _refuse(raw, "not an option Plex's transcoder is given")
     if tok.spec is not None and not _SPEC.match(tok.spec):

@@ -68,7 +68,8 @@ def under(path, root):
 WRITE_OPTIONS = frozenset(n for n, kind in shape.OPTIONS.items() if kind == shape.WRITE) | shape.FILE_OR_CALLBACK
 OUTPUT_SCHEMES = ("http://", "https://", "pipe:")
 # Never read by a job when media_roots is empty (with it, only media_roots and the session dir are).
-PRIVATE_PATHS = ("/etc", "/proc", "/sys", "/dev", "/run", "/root", "/boot", "/var/lib/clusterplex")
+PRIVATE_PATHS = ("/etc/clusterplex", "/etc/ssh", "/etc/ssl/private", "/etc/shadow", "/etc/gshadow", "/proc", "/sys",
+                 "/dev", "/run", "/root", "/boot", "/var/lib/clusterplex")
 
 
 def output_problem(argv, cwd, output_roots):

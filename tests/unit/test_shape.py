@@ -187,3 +187,19 @@ def test_the_graph_splitter_reads_filters_as_ffmpeg_does():
 def test_reads_are_the_inputs_and_subtitle_files():
     argv = ["-i", "/media/a.mkv", "-i", "temp-0.srt", "-i", "http://x/y", "-map_inlineass", "/media/s.ass:0", "o"]
     assert shape.reads(argv, CWD) == ["/media/a.mkv", CWD + "/temp-0.srt", "/media/s.ass"]
+
+
+@pytest.mark.parametrize("mode", ["none", "auto", "vaapi", "nvenc", "qsv"])
+def test_what_the_workers_own_rewrite_adds_stays_plex_shaped(mode):
+    """The hwaccel swaps and path_map (worker/rewrite) run before the second check: they must pass it too."""
+    from clusterplex.worker import rewrite as rw
+    node = "/dev/dri/renderD128"
+    hw = {"cpu": {"arch": "x86_64", "model": "t"}, "transcoder": {"plex_arch": "linux-x86_64-standard"},
+          "gpus": [{"vendor": "intel", "driver": "i915", "render_node": node},
+                   {"vendor": "nvidia", "driver": "nvidia", "render_node": "/dev/dri/renderD129"}],
+          "hw_codecs": [f"{c}:{a}:{d}" for c in ("h264", "hevc") for a in ("vaapi", "qsv", "nvenc")
+                        for d in ("encode", "decode")] + ["h264:nvdec:decode", "hevc:nvdec:decode"]}
+    for name, entry in CASES:
+        res = rw.rewrite({"argv": entry["argv"], "cwd": entry["cwd"], "env": {}},
+                         {"hwaccel": mode, "path_map": [{"from": "/media", "to": "/mnt/media"}]}, hw)
+        assert shape.check(res.argv, res.cwd) is None, (name, res.notes)
