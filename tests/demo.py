@@ -1,7 +1,7 @@
 """The one-machine demo: fake PMS, relay, orchestrator, two workers, and a real
 ffmpeg transcode of a generated clip through the whole path.
 
-    sudo bash tests/demo.sh          (sets up, then runs this)
+    bash tests/demo.sh               (as root: sets up, then runs this)
 """
 
 import subprocess

@@ -33,7 +33,7 @@ def _read_secret(path):
         return None, (f"no cluster secret here ({path} not found): is clusterplex-orchestrator installed? "
                       f"(or pass --secret-file)")
     except PermissionError:
-        return None, f"cannot read {path}: permission denied (run as root: sudo clusterplex token)"
+        return None, f"cannot read {path}: permission denied (run as root)"
     except OSError as e:
         return None, f"cannot read {path}: {e.strerror}"
     try:

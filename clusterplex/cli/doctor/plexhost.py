@@ -89,7 +89,7 @@ def run_pms(opts):
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         findings.append(finding("transcode-dir", WARN, f"cannot read Plex's settings {opts.plex_preferences}: "
                                                        f"{why}; Plex's transcode directory is not checked.",
-                                "run as root (sudo clusterplex doctor) or pass --plex-preferences"))
+                                "run as root or pass --plex-preferences"))
     if plex_dir:
         problem, who = rw_test_as(plex_dir, opts.plex_user)       # Plex writes there as its user
         problem = f"{problem} (checked as {who})" if problem else ""
@@ -135,7 +135,7 @@ def run_pms(opts):
     try:
         secret = config.load_secret(cfg.secret_file)
     except config.ConfigError as e:
-        findings.append(finding("secret", FAIL, f"{e}.", "run as root (sudo clusterplex doctor), or join this host: "
+        findings.append(finding("secret", FAIL, f"{e}.", "run as root, or join this host: "
                                                          "clusterplex join TOKEN"))
     if url is None:
         findings.append(finding("orchestrator", FAIL, f"{why}.", "start clusterplex-relay, or set `orchestrator` "
