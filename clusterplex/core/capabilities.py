@@ -1,7 +1,7 @@
 """What a job needs from a worker, read from its arguments (pure).
 
 Hardware capabilities are strings ``"<codec>:<api>:<direction>"`` such as
-``"hevc:vaapi:decode"`` or ``"h264:nvenc:encode"`` (see ``hardware.py``).
+``"hevc:vaapi:decode"`` or ``"h264:nvenc:encode"`` (``worker/hardware/rules.py`` makes them, docs/hardware.md).
 """
 
 import re
