@@ -131,11 +131,12 @@ def bind_socket(host, port, what):
         raise StartupError(f"cannot listen on {where} for {what}: {e.strerror}") from None
 
 
-async def serve(app, host, port, what):
+async def serve(app, host, port, what, **limits):
     """Start an aiohttp app on an already-bound socket; return (runner, "host:port").
 
     Connections go through ``listener.Listener`` (caps, header timeout, a pause after accept
-    errors); idle keep-alive connections close after ``listener.KEEPALIVE_TIMEOUT``."""
+    errors; ``limits`` are its keyword arguments); idle keep-alive connections close after
+    ``listener.KEEPALIVE_TIMEOUT``."""
     import inspect
     from aiohttp import web
     from . import listener
@@ -157,7 +158,7 @@ async def serve(app, host, port, what):
         site_kwargs["shutdown_timeout"] = 1.0
     runner = web.AppRunner(app, **kwargs)
     await runner.setup()
-    site = listener.GuardedSite(runner, sock, what, **site_kwargs)
+    site = listener.GuardedSite(runner, sock, what, limits, **site_kwargs)
     await site.start()
     bound = sock.getsockname()
     return runner, config.format_hostport(bound[0], bound[1])

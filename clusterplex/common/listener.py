@@ -318,12 +318,13 @@ class Listener:
 class GuardedSite(web.SockSite):
     """aiohttp's site for a bound socket, accepting through a ``Listener`` (``guard``)."""
 
-    def __init__(self, runner, sock, what, **kwargs):
+    def __init__(self, runner, sock, what, limits=None, **kwargs):
         super().__init__(runner, sock, **kwargs)
         self.what = what
+        self.limits = limits or {}
         self.guard = None
 
     async def start(self):
         await web.BaseSite.start(self)          # registers the site with the runner
-        self.guard = self._server = Listener(self._runner.server, self._sock, self.what)
+        self.guard = self._server = Listener(self._runner.server, self._sock, self.what, **self.limits)
         self.guard.start()
