@@ -32,7 +32,7 @@ FLAG, VALUE, CODEC, FORMAT, GRAPH, WRITE, CALLBACK, DEVICE, INLINEASS, FORMAT_OP
 _O = {}
 for _kind, _names in (
     (FLAG, "y nostats stats noaccurate_seek accurate_seek start_at_zero copyts xioerror xerror re shortest "
-           "hide_banner vn an sn dn ignore_unknown copy_unknown nostdin noautorotate autorotate "
+           "hide_banner vn an sn dn ignore_unknown copy_unknown nostdin noautorotate "
            "fix_sub_duration vstats"),
     (VALUE, "ss t to itsoffset analyzeduration probesize fpsprobesize fflags flags hwaccel hwaccel_output_format "
             "threads skip_frame eae_prefix thread_queue_size drc_scale sub_charenc canvas_size strict err_detect "

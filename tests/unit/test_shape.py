@@ -203,3 +203,24 @@ def test_what_the_workers_own_rewrite_adds_stays_plex_shaped(mode):
         res = rw.rewrite({"argv": entry["argv"], "cwd": entry["cwd"], "env": {}},
                          {"hwaccel": mode, "path_map": [{"from": "/media", "to": "/mnt/media"}]}, hw)
         assert shape.check(res.argv, res.cwd) is None, (name, res.notes)
+
+
+def test_the_tables_arity_is_stock_ffmpegs():
+    """Every option of the table that Debian's ffmpeg knows takes a value there exactly when the table says
+    so (Plex-only options are unknown to it): what the checker reads as a value, ffmpeg reads as one."""
+    import shutil
+    import subprocess
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        pytest.skip("no ffmpeg")
+    from concurrent.futures import ThreadPoolExecutor
+
+    def wrong(item):
+        name, kind = item
+        err = subprocess.run([ffmpeg, "-hide_banner", "-nostdin", f"-{name}"], capture_output=True, text=True,
+                             timeout=20).stderr
+        return "Unrecognized option" not in err and (kind == shape.FLAG) == ("Missing argument" in err)
+
+    with ThreadPoolExecutor(4) as pool:
+        verdicts = list(pool.map(wrong, sorted(shape.OPTIONS.items())))
+    assert [name for name, bad in zip(sorted(shape.OPTIONS), verdicts) if bad] == []
