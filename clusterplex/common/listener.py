@@ -198,9 +198,10 @@ class Listener:
             except ConnectionAbortedError:
                 continue
             except OSError as e:
-                if e.errno not in _RESOURCE_ERRORS:
-                    raise
-                self._paused(e)
+                if e.errno in _RESOURCE_ERRORS:
+                    self._paused(e)
+                else:       # a network error pending on the new connection (accept(2)): that one is gone
+                    self._note("error", "accepting a connection for %s failed: %s", self.what, e)
                 return
             self._admit(sock, addr)
 
