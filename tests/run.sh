@@ -1,6 +1,8 @@
 #!/bin/bash
 # The test command (README): set up, then run the whole suite twice, on Debian 12's
-# packaged libraries and on current PyPI releases. Extra arguments go to pytest.
+# packaged libraries and on current PyPI releases, then the unit and integration tests a third
+# time on Debian 13's packaged libraries (testbed/trixie.py). Extra arguments go to pytest (and
+# then only the first two runs happen: `.venv-debian/bin/python -m testbed.trixie ARGS` for the third).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/setup.sh --pypi
@@ -12,4 +14,7 @@ for env in debian pypi; do
     [ "$env" = pypi ] && select=(-m "not packaging")
     .venv-$env/bin/python -m pytest -p no:cacheprovider "${select[@]}" "$@" || status=$?
 done
+if [ $# -eq 0 ]; then
+    .venv-debian/bin/python -m testbed.trixie || status=$?
+fi
 exit $status
