@@ -444,23 +444,33 @@ def test_progress_reaches_the_orchestrator_through_the_relay(c):
 
 
 def test_live_clients_are_limited(c):
+    async def from_peer(s, streams):
+        """Streams from one address until refused; the refusal."""
+        for _ in range(20):
+            r = await s.get(c.orchestrator.url + "/api/v1/events")
+            if r.status != 200:
+                refused = (r.status, await r.json())
+                r.close()
+                return refused
+            streams.append(r)
+
     async def scenario():
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
-            streams, refused = [], None
-            try:
-                for _ in range(80):
-                    r = await s.get(c.orchestrator.url + "/api/v1/events")
-                    if r.status != 200:
-                        refused = (r.status, await r.json())
-                        r.close()
-                        break
-                    streams.append(r)
-                return len(streams), refused
-            finally:
-                for r in streams:
-                    r.close()
-    opened, refused = asyncio.run(asyncio.wait_for(scenario(), 60))
-    assert 50 <= opened <= 64 and refused == (503, {"error": "too many live clients"})   # earlier tests may hold a few
+        sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, local_addr=(f"127.0.0.{10 + i}", 0)))
+                    for i in range(10)]            # ten machines, as far as the orchestrator can tell
+        streams, refusals = [], []
+        try:
+            for s in sessions:
+                refusals.append(await from_peer(s, streams))
+            return len(streams), refusals
+        finally:
+            for r in streams:
+                r.close()
+            for s in sessions:
+                await s.close()
+    opened, refusals = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert 50 <= opened <= 64        # earlier tests may hold a few
+    assert refusals[0] == (503, {"error": "too many live clients from 127.0.0.10 (at most 8)"})
+    assert refusals[-1] == (503, {"error": "too many live clients"})
     assert c.api("/health")["status"] == "ok"
 
 
