@@ -23,8 +23,8 @@ FAKE_TRANSCODER = textwrap.dedent("""\
     if "-progressurl" in args:
         url = args[args.index("-progressurl") + 1] + "?progress=100.0&size=1&remaining=0"
         urllib.request.urlopen(urllib.request.Request(url, method="PUT"), timeout=10).read()
-    if "-hold" in args:
-        time.sleep(float(args[args.index("-hold") + 1]))
+    if "-x_test_hold" in args:
+        time.sleep(float(args[args.index("-x_test_hold") + 1]))
     sys.exit(0)
 """)
 

@@ -137,7 +137,7 @@ def test_plex_host_install_divert_upgrade_kill_purge(debs, tmp_path):
         wait_log(c, mark, r"worker .* is ready", "clusterplex-orchestrator")
         mark = cursor(c)
         c.run(["sh", "-c", "cd /transcode/Transcode/Sessions/s1 && setsid runuser -u plex -- "
-                           f"'{TRANSCODER}' -i /etc/os-release -hold 300 out.ts >/tmp/shim.log 2>&1 &"])
+                           f"'{TRANSCODER}' -i /etc/os-release -x_test_hold 300 out.ts >/tmp/shim.log 2>&1 &"])
         wait_log(c, mark, r"clusterplex.worker: job \w+ started", "clusterplex-worker")
         assert c.run(["pgrep", "-f", "fake Plex Transcoder|Plex Transcoder.distrib"], check=False).returncode == 0
         pid_before = unit_prop(c, "clusterplex-worker", "MainPID")
