@@ -14,6 +14,7 @@ and the Ansible role's lint (ansible-lint is a host tool, not a library of ours)
 """
 
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -94,7 +95,8 @@ def main(argv):
         print(f"trixie: cannot build the Debian 13 tree: {e}", file=sys.stderr)
         return 1
     print(f"=== tests on Debian 13 (trixie): {versions(root)}", flush=True)
-    cmd = ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--volatile=overlay", "--console=pipe",
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)     # as on the host (nspawn's default is 1024)
+    cmd = ["systemd-nspawn", "--quiet", "--register=no", f"--rlimit=RLIMIT_NOFILE={soft}:{hard}", "--keep-unit", "--volatile=overlay", "--console=pipe",
            "--link-journal=no", "--resolv-conf=off", "--timezone=off", "--as-pid2", "-D", str(root),
            f"--bind-ro={REPO}:{SRC}", f"--chdir={SRC}", "--setenv=PYTHONDONTWRITEBYTECODE=1",
            "python3", "-m", "pytest", "-p", "no:cacheprovider", *(argv or DEFAULT_ARGS)]
