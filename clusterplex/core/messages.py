@@ -171,8 +171,13 @@ def status(**fields):
     return {"type": STATUS, **fields}
 
 
-def load(cpu, running):
-    return {"type": LOAD, "cpu": cpu, "running": running}
+def load(cpu, running, gpus=None):
+    """``gpus``: per GPU ``{"id", "vendor", "util", "encoder", "decoder", "sessions", "session_limit"}``
+    (percentages, None where unknown; session_limit 0: none); left out when the worker has none."""
+    msg = {"type": LOAD, "cpu": cpu, "running": running}
+    if gpus:
+        msg["gpus"] = gpus
+    return msg
 
 
 def refused(reason, job_id=None):

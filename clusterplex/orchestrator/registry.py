@@ -30,6 +30,8 @@ class WorkerRecord:
         self.priority = 0
         self.hw_codecs = frozenset()      # "hevc:vaapi:decode", ...
         self.has_gpu = False
+        self.gpus = []                    # per GPU load from the worker's load messages (see _gpus)
+        self.gpu_vendors = frozenset()    # "intel", "amd", "nvidia" (a job's pinned VA driver needs its vendor)
         self.reported_jobs = frozenset()  # job ids the worker says it runs
         self.jobs = {}                    # job id -> time assigned (ours)
         self.info = {}
@@ -60,6 +62,7 @@ class WorkerRecord:
             "weight": self.weight,
             "priority": self.priority,
             "load": {"cpu": round(self.cpu_load, 1)},
+            "gpus": self.gpus,
             "hardware": {"cpus": self.cpus, "benchmark": self.benchmark, **self.info.get("hardware", {}),
                          "hw_codecs": sorted(self.hw_codecs)},
             "version": self.info.get("version", ""),
@@ -118,6 +121,7 @@ class WorkerRegistry:
         gpus = hw.get("gpus")
         if isinstance(gpus, list):
             rec.has_gpu = bool(gpus)
+            rec.gpu_vendors = frozenset(str(g.get("vendor", "")).lower() for g in gpus if isinstance(g, dict))
         running = status.get("running")
         if isinstance(running, list):
             rec.reported_jobs = frozenset(j for j in running if isinstance(j, str))
@@ -132,6 +136,8 @@ class WorkerRegistry:
             return None
         rec.last_seen = now
         rec.cpu_load = min(100.0, max(0.0, _num(load.get("cpu"), rec.cpu_load)))
+        if isinstance(load.get("gpus"), list):
+            rec.gpus = _gpus(load["gpus"])
         running = load.get("running")
         if isinstance(running, list):
             rec.reported_jobs = frozenset(j for j in running if isinstance(j, str))
@@ -165,6 +171,28 @@ def _codecs_view(c):
         return None
     keys = ("state", "present", "total", "reason", "version", "arch")
     return {k: c.get(k) for k in keys}
+
+
+MAX_GPUS = 16
+_GPU_VENDORS = ("intel", "amd", "nvidia")
+
+
+def _gpus(items):
+    """The load message's ``gpus``, kept only in the expected shape: bounded, typed, percentages clamped."""
+    out = []
+    for g in items:
+        if len(out) >= MAX_GPUS:
+            break
+        if not isinstance(g, dict) or not isinstance(g.get("id"), str) or not g["id"]:
+            continue
+        entry = {"id": g["id"][:64], "vendor": g.get("vendor") if g.get("vendor") in _GPU_VENDORS else "other"}
+        for k in ("util", "encoder", "decoder"):
+            v = _num(g.get(k), None)
+            entry[k] = None if v is None else round(min(100.0, max(0.0, v)), 1)
+        entry["sessions"] = _int(g.get("sessions"), None, 0, 1 << 20)
+        entry["session_limit"] = _int(g.get("session_limit"), 0, 0, 1 << 20)
+        out.append(entry)
+    return out
 
 
 def _int(value, default, lo, hi):

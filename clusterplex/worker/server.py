@@ -14,7 +14,9 @@ import functools
 import logging
 import os
 import platform
+import shutil
 import socket
+import time
 
 import psutil
 from aiohttp import web
@@ -22,6 +24,7 @@ from aiohttp import web
 from .. import __version__
 from ..core import capabilities, config, messages, protocol
 from . import codecs, eae, hardware, probe, rewrite, runner
+from .hardware import load as gpu_load
 from .job import Jobs
 from ..common import daemon, discovery, link
 
@@ -60,6 +63,7 @@ class Worker:
         self.hardware = {"cpu": {"arch": platform.machine(), "threads": os.cpu_count() or 1, "model": "",
                                  "benchmark": float(os.cpu_count() or 1)},
                          "memory": 0, "gpus": [], "hw_codecs": [], "vaapi": {}, "transcoder": {}}
+        self.gpu_load = None         # hardware.load.GpuLoad once the hardware is detected
         self.log_once = daemon.LogOnce(logger)
         self._runner = None
         self._tasks = set()
@@ -100,6 +104,8 @@ class Worker:
                     hw["cpu"]["benchmark"],
                     ", ".join(f"{g['vendor']} {g['name'] or g['driver']}" for g in hw["gpus"]) or "none",
                     ", ".join(hw["hw_codecs"]) or "none", hw["transcoder"].get("codec_version") or "unknown")
+        run = functools.partial(hardware.run_command, timeout=gpu_load.NVIDIA_TIMEOUT)
+        self.gpu_load = gpu_load.GpuLoad(hardware.scan_drm(), run, nvidia=shutil.which("nvidia-smi") is not None)
 
     def _codec_list(self, cfg):
         if not cfg.codecs.list:
@@ -311,9 +317,21 @@ class Worker:
         psutil.cpu_percent(interval=None)
         while True:
             await asyncio.sleep(LOAD_INTERVAL)
-            msg = messages.load(psutil.cpu_percent(interval=None), sorted(self.jobs.running))
+            gpus = await self._sample_gpus()
+            msg = messages.load(psutil.cpu_percent(interval=None), sorted(self.jobs.running), gpus)
             for peer in self.peers:
                 peer.post(msg)
+
+    async def _sample_gpus(self):
+        """Per-GPU load for the load message (sysfs every second, nvidia-smi every few: off the loop)."""
+        sampler = self.gpu_load
+        if sampler is None:
+            return []
+        had_nvidia = sampler.nvidia
+        gpus = await asyncio.get_running_loop().run_in_executor(None, sampler.sample, time.monotonic())
+        if had_nvidia and not sampler.nvidia:
+            logger.info("GPU load: not asking nvidia-smi again (%s)", sampler.failure)
+        return gpus
 
     async def reload(self):
         cfg = config.load("worker", self.config_path)

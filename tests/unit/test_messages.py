@@ -55,6 +55,7 @@ BUILT = [
     (m.worker_action("drain"), {}),
     (m.status(id="w", state="ready"), {"id": "w", "state": "ready"}),
     (m.load(12.5, ["j"]), {"cpu": 12.5, "running": ["j"]}),
+    (m.load(12.5, ["j"], [{"id": "nvidia0"}]), {"cpu": 12.5, "running": ["j"], "gpus": [{"id": "nvidia0"}]}),
     (m.refused("no"), {"reason": "no"}),
     (m.refused("no", "j"), {"job_id": "j", "reason": "no"}),
     (m.job_started("j", 42, 1.0), {"job_id": "j", "pid": 42, "t": 1.0}),
