@@ -211,9 +211,10 @@ def run(argv, environ=None, cwd=None):
         return exec_local(original, argv, None)
     cwd = cwd or os.getcwd()
     job = plexargs.parse(argv)      # tokenised once: the local rules, the session and a resume read it
-    why = policy.must_run_local(job, cwd, cfg.local_rules)
+    why = policy.must_run_local(job, cwd, cfg.local_rules, cfg.local_thumbnails)
     if why:
-        tell_relay(cfg, "forced_local " + ("local_rules" if why.startswith("local_rules[") else "detection"))
+        local_rule = why.startswith(("local_rules[", "local_thumbnails"))
+        tell_relay(cfg, "forced_local " + ("local_rules" if local_rule else "detection"))
         return exec_local(original, argv, why)
     try:
         secret = config.load_secret(cfg.secret_file)

@@ -323,6 +323,7 @@ PMS = Section({
     "connect_timeout": Number(2.0, minimum=0.05, maximum=60),
     "reattach_timeout": Number(15.0, minimum=0, maximum=300),
     "local_rules": List(_RULE),
+    "local_thumbnails": Bool(True),
     "env_allow": List(Str(pattern=r"[A-Za-z_][A-Za-z0-9_]*\*?")),
     "relay": Section({
         "listen": HostPort(("0.0.0.0", 32499)),

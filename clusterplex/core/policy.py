@@ -60,13 +60,28 @@ def _rule_matches(rule, argv, cwd, outs):
     return bool(checks) and all(checks)
 
 
-def must_run_local(argv, cwd, rules=()):
-    """Reason why this job must run on the Plex host, or None. ``argv``: a list or an ``args.Parsed``."""
+# Thumbnail and preview jobs (Plex's "generate video preview thumbnails"/BIF, chapter images): image
+# outputs, short and keyframe-only, cheaper to run than to ship; pms.yaml `local_thumbnails`.
+IMAGE_MUXERS = ("image2", "image2pipe")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bif")
+
+
+def is_thumbnail_job(job):
+    """True when an output of ``job`` (an ``args.Parsed``) is images (``-f image2``, ``img-%06d.jpg``)."""
+    return any(g.muxer in IMAGE_MUXERS or (g.muxer is None and (g.value or "").lower().endswith(IMAGE_EXTENSIONS))
+               for g in job.outputs)
+
+
+def must_run_local(argv, cwd, rules=(), thumbnails=True):
+    """Reason why this job must run on the Plex host, or None. ``argv``: a list or an ``args.Parsed``;
+    ``thumbnails``: keep thumbnail/preview jobs local (pms.yaml ``local_thumbnails``)."""
     job = plexargs.parse(argv)
     argv, outs = job.argv, job.output_values
     for rule, reason in BUILTIN_LOCAL_RULES:
         if _rule_matches(rule, argv, cwd, outs):
             return reason
+    if thumbnails and is_thumbnail_job(job):
+        return "local_thumbnails: a thumbnail/preview job (image output) runs on the Plex host"
     for i, rule in enumerate(rules):
         if _rule_matches(rule, argv, cwd, outs):
             return f"local_rules[{i}] matched"

@@ -17,9 +17,11 @@ transcoder after a seek (PROTOCOL.md §5 "Seek"):
 
 In both cases ``N`` is never below the original start ``S0``, and every input
 that had ``-ss T0`` gets ``-ss T0 + (N - S0) * D`` (``D`` = ``-seg_duration`` or
-``-segment_time``); when no input had one, ``-ss`` is inserted just before the
-first ``-i``.  Nothing else in the argument list changes (values are replaced
-in place, so global options keep their positions).  Other segmented outputs
+``-segment_time``); an input without one gets ``-ss (N - S0) * D`` inserted just
+before its ``-i``: PMS seeks every input alike (F2: the video and its subtitle
+sidecar ``temp-0.srt`` both get ``-ss 224``), so a resumed sidecar does not start
+at 0.  Nothing else in the argument list changes (values are replaced in place, so
+global options keep their positions).  Other segmented outputs
 (the subtitle side output ``sub-chunk-%05d`` of a DASH job) are left exactly as
 they are, which ``Plan.reason`` says.
 
@@ -195,7 +197,9 @@ def plan(argv, names):
         if t0 is None:
             return Plan(None, None, None, f"unreadable input -ss {seek.value!r}: cannot resume, start again")
         seeks.append((seek.index + 1, t0))
-    base = seeks[0][1] if seeks else Decimal(0)
+    unseeked = [g.index for g in inputs if g.seek is None and g.value is not None]   # their -i positions
+    first_seek = inputs[0].seek
+    base = _decimal(first_seek.value) if first_seek is not None else Decimal(0)
 
     if kind == "DASH":
         template, _ = _last(out, "media_seg_name")
@@ -258,12 +262,12 @@ def plan(argv, names):
         new[start_index + 1] = str(n)
     else:
         inserts.append((out.index, [f"-{start_opt}", str(n)]))
-    if not seeks:
-        inserts.append((inputs[0].index, ["-ss", format_seconds(seconds)]))
+    for position in unseeked:
+        inserts.append((position, ["-ss", format_seconds(delta)]))
     for position, tokens in sorted(inserts, key=lambda x: x[0], reverse=True):
         new[position:position] = tokens
-    if not seeks and len(inputs) > 1:
-        side_note = "; -ss added to the first input only" + side_note
+    if len(inputs) > 1:
+        side_note = f"; all {len(inputs)} inputs seeked" + side_note
     return Plan(new, n, float(seconds),
                 f"resume {kind} at segment {n} (-ss {format_seconds(seconds)}): {why}{side_note}")
 

@@ -2,7 +2,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from clusterplex.core import args, policy
+from clusterplex.core import args, config, policy
 from testbed.fixtures import load_argv as fixture
 
 
@@ -60,3 +60,16 @@ def test_a_parsed_argv_is_read_like_the_list():
         for cwd in ("/transcode/Transcode/Sessions/x", "/tmp/PlexCreditsDetection-1/x"):
             assert policy.must_run_local(args.parse(fixture(name)), cwd, rules) == \
                 policy.must_run_local(fixture(name), cwd, rules)
+
+
+@pytest.mark.parametrize("out", [["-f", "image2", "img-%06d.jpg"], ["-f", "image2pipe", "-"], ["chapter-1.jpeg"],
+                                 ["/t/Cache/x.png"], ["-f", "image2", "index-sd.bif"]])
+def test_thumbnail_jobs_stay_local_unless_configured_off(out):
+    argv = ["-codec:v", "h264", "-skip_frame:v", "nokey", "-i", "/m/x.mkv", "-vf", "fps=fps=0.5"] + out
+    assert policy.must_run_local(argv, "/t/Sessions/x").startswith("local_thumbnails")
+    assert policy.must_run_local(argv, "/t/Sessions/x", thumbnails=False) is None
+
+
+def test_local_thumbnails_is_on_by_default_in_the_pms_config():
+    assert config.parse("pms", b"{}", "/etc/clusterplex/pms.yaml").local_thumbnails is True
+    assert config.parse("pms", b"local_thumbnails: false\n", "/etc/clusterplex/pms.yaml").local_thumbnails is False

@@ -27,9 +27,9 @@ def expected(argv, *, ss=None, start_opt=None, start=None, start_pos=None, inser
         out[i] = ss
     if start_pos is not None:
         out[start_pos] = str(start)
-    if insert_ss is not None:
-        i = argv.index("-i")
-        out[i:i] = ["-ss", insert_ss]
+    if insert_ss is not None:       # before every -i, as PMS seeks every input (from the end: positions stay valid)
+        for i in reversed([i for i, a in enumerate(argv) if a == "-i"]):
+            out[i:i] = ["-ss", insert_ss]
     return out
 
 
@@ -113,16 +113,29 @@ def resume_expected_tail(argv, i):
     return tail[:k] + ["15"] + tail[k + 1:]
 
 
-def test_f3_subtitle_side_output_and_sidecar_untouched():
+def test_f3_subtitle_side_output_untouched_and_sidecar_seeked_like_the_video():
     argv = load_argv("F3")
     p = resume.plan(argv, dash(0, range(1, 8)) + dash(1, range(1, 8)))
     side = argv.index("dash", argv.index("-manifest_name")) + 1
-    assert p.argv[side + 2:] == argv[side:]                   # sub-chunk output options, shifted by the -ss pair
-    assert p.argv.count("-ss") == 1                            # the sidecar .srt input is not seeked
-    assert p.argv[p.argv.index("-ss") + 2] == "-i"
-    assert p.argv[p.argv.index("-ss") + 3] == argv[argv.index("-i") + 1]
+    assert p.argv[side + 4:] == argv[side:]                   # sub-chunk output options, shifted by two -ss pairs
+    inputs = [i for i, a in enumerate(p.argv) if a == "-i"]
+    assert [p.argv[i + 1] for i in inputs] == [argv[i + 1] for i, a in enumerate(argv) if a == "-i"]
+    assert inputs[1] and p.argv[inputs[1] + 1].endswith("/temp-0.srt")
+    for i in inputs:                                           # PMS seeks every input: the sidecar too (F2 shows it)
+        assert p.argv[i - 2:i] == ["-ss", "35"]
     assert p.argv[p.argv.index("-segment_start_number") + 1] == "0"
-    assert "restarts at 0" in p.reason and "-ss added to the first input only" in p.reason
+    assert "restarts at 0" in p.reason and "all 2 inputs seeked" in p.reason
+
+
+def test_an_input_without_a_seek_is_seeked_by_the_skipped_time():
+    """Mixed: the video had -ss 224 (shifted), a sidecar had none (it gets the skipped span, not 0)."""
+    argv = load_argv("F2")
+    k = [i for i, a in enumerate(argv) if a == "-ss"][1]
+    mixed = argv[:k] + argv[k + 2:]                            # drop the sidecar's -ss 224
+    p = resume.plan(mixed, media(range(28, 32)))
+    inputs = [i for i, a in enumerate(p.argv) if a == "-i"]
+    assert p.argv[inputs[1] - 2:inputs[1]] == ["-ss", "24"]     # (31 - 28) * 8
+    assert p.argv[p.argv.index("-ss") + 1] == "248" and p.seconds == 248.0
 
 
 @pytest.mark.parametrize("name,start,seconds", [("F1", 1, 0.0), ("F2", 28, 224.0), ("F3", 1, 0.0)])

@@ -10,7 +10,7 @@ docs/rewrite.md. No I/O, no logging, standard library only.
 from dataclasses import dataclass
 
 from ...core import args as plexargs
-from .decode import CODEC_ALIASES, DECODE_CAPS, DECODE_FLAGS, VIDEO_CODECS
+from .decode import CODEC_ALIASES, DECODE_CAPS, DECODE_FLAGS, VIDEO_CODECS, repin_devices
 from .encoders import (DROP_ALWAYS, HW_DEVICE_OPTIONS, HW_ENCODER_SUFFIXES, LEVEL_FACTOR, NVENC_NATIVE_PRESETS,
                        NVENC_PRESETS, PROFILES, QSV_PRESETS, UPLOAD_FILTERS, Edits, Swaps)
 from .graph import TRAILING_LABELS, amend_graph
@@ -64,7 +64,12 @@ def rewrite(job, settings, hw, parsed=None):
         argv, cwd, env, mapped = map_job(parsed, cwd, env, cfg.path_map)
         notes += mapped
 
-    # 2. codecs and hardware
+    # 2. Plex's own VAAPI device (a node of the Plex host): this worker's, whatever hwaccel says
+    parsed = _current(parsed, argv)
+    argv, repinned = repin_devices(parsed, cfg, hw)
+    notes += repinned
+
+    # 3. codecs and hardware
     api = None
     if cfg.hwaccel != "none":
         parsed = _current(parsed, argv)
@@ -75,7 +80,7 @@ def rewrite(job, settings, hw, parsed=None):
         notes += swaps.notes
         api = swaps.api
 
-    # 3. environment
+    # 4. environment
     def setenv(name, value, show=True):
         if env.get(name) != value:
             env[name] = value

@@ -4,7 +4,10 @@
 ``hw_codecs`` as ``"<codec>:<api>:<encode|decode>"``).
 """
 
+import re
+
 from ...core import args as plexargs
+from ...core.capabilities import DECODER_CODEC, VA_DRIVER_VENDOR
 
 # Capability names that stand for decoding with each API (hw_codecs "<codec>:<name>:decode").
 # QSV jobs decode through VAAPI on the same Intel GPU: with Plex's decoder hints
@@ -66,7 +69,9 @@ def add_decode(parsed, caps, api, node, edits):
     if first is None:
         return None
     group = parsed.groups[first.group]
-    video = [h for h in (norm_codec(t.value) for t in group.codecs) if h in VIDEO_CODECS]
+    # a decoder name (Plex's software AV1 decode is `-codec:0 libdav1d`) by its codec
+    video = [h for h in (DECODER_CODEC.get(norm_codec(t.value), norm_codec(t.value)) for t in group.codecs)
+             if h in VIDEO_CODECS]
     inp = f"input {group.ordinal}"
     if not video:
         return f"no hardware decode for {inp}: no video decoder hint"
@@ -78,3 +83,39 @@ def add_decode(parsed, caps, api, node, edits):
         flags = flags[:flags.index("-hwaccel_device")]
     edits.before[first.index] += flags
     return f"hardware decode of {inp} ({', '.join(video)}): {' '.join(flags)}"
+
+
+# Plex's own VAAPI set-up pins a DRM node (`-init_hw_device vaapi=vaapi:/dev/dri/renderD128,driver=iHD`,
+# `-vaapi_device`, `-hwaccel_device`): the node of the Plex host, not necessarily this worker's.
+PINNED_DEVICE_OPTIONS = ("init_hw_device", "vaapi_device", "hwaccel_device")
+_DRM_NODE = re.compile(r"/dev/dri/(?:renderD|card)\d+")
+_DRIVER = re.compile(r",driver=([\w.-]+)")
+
+
+def pinned_node(cfg, hw, driver=""):
+    """This worker's render node for a job pinned to VA ``driver`` (``iHD``: an Intel GPU's), or None."""
+    if cfg.render_node:
+        return cfg.render_node
+    vendor = VA_DRIVER_VENDOR.get((driver or "").lower())
+    vendors = (vendor,) if vendor else ("intel", "amd")
+    for gpu in (hw or {}).get("gpus") or ():
+        if str(gpu.get("vendor", "")).lower() in vendors and gpu.get("render_node"):
+            return gpu["render_node"]
+    return None
+
+
+def repin_devices(parsed, cfg, hw):
+    """``(argv, notes)``: every DRM node Plex pinned replaced by this worker's own (of the pinned driver's vendor)."""
+    argv, notes = list(parsed.argv), []
+    for t in parsed.tokens:
+        if t.kind != "option" or t.name not in PINNED_DEVICE_OPTIONS or not t.value:
+            continue
+        m = _DRM_NODE.search(t.value)
+        if not m or (t.name == "init_hw_device" and not t.value.startswith(("vaapi", "qsv"))):
+            continue
+        driver = _DRIVER.search(t.value)
+        node = pinned_node(cfg, hw, driver.group(1) if driver else "")
+        if node and node != m.group(0):
+            argv[t.index + 1] = t.value[:m.start()] + node + t.value[m.end():]
+            notes.append(f"-{t.name}: {m.group(0)} -> {node} (this worker's render node)")
+    return argv, notes
