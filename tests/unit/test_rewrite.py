@@ -670,3 +670,36 @@ def test_debian_ffmpeg_parses_the_rewritten_fixture(tmp_path, name, mode):
     p = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", *leftover], cwd=session, capture_output=True,
                        text=True, timeout=60)
     assert "has not been used for any stream" in p.stderr
+
+
+# --- Plex's own pinned VAAPI device ------------------------------------------------------------
+
+PINNED = "vaapi=vaapi:/dev/dri/renderD128,driver=iHD"
+
+
+@pytest.mark.parametrize("mode", ["none", "auto", "vaapi"])
+def test_plexs_pinned_device_becomes_this_workers_render_node(mode):
+    argv = fixture("F4")
+    gpus = [{"vendor": "amd", "driver": "amdgpu", "render_node": "/dev/dri/renderD128"},
+            {"vendor": "intel", "driver": "i915", "render_node": "/dev/dri/renderD129"}]
+    r = run(argv, hardware(gpus=gpus), hwaccel=mode)
+    assert PINNED in argv                                    # the job itself is untouched
+    assert r.argv[argv.index(PINNED)] == "vaapi=vaapi:/dev/dri/renderD129,driver=iHD"   # the Intel GPU's, for iHD
+    assert "-init_hw_device: /dev/dri/renderD128 -> /dev/dri/renderD129 (this worker's render node)" in r.notes
+    r = run(argv, hardware(gpus=gpus), hwaccel=mode, render_node="/dev/dri/renderD131")
+    assert r.argv[argv.index(PINNED)] == "vaapi=vaapi:/dev/dri/renderD131,driver=iHD"   # the configured node wins
+
+
+def test_a_pinned_device_stays_when_the_worker_has_no_gpu_of_that_driver():
+    argv = fixture("F4")
+    amd = [{"vendor": "amd", "driver": "amdgpu", "render_node": "/dev/dri/renderD129"}]
+    r = run(argv, hardware(gpus=amd), hwaccel="none")
+    assert r.argv == argv and not any("render node" in n for n in r.notes)
+
+
+def test_a_plex_vaapi_device_without_a_driver_goes_to_the_first_intel_or_amd_gpu():
+    argv = ["-codec:0", "h264", "-hwaccel:0", "vaapi", "-i", "/m/x.mkv", "-codec:0", "copy", "-f", "matroska", "-",
+            "-vaapi_device", "/dev/dri/renderD128", "-hwaccel_device:0", "vaapi"]
+    amd = [{"vendor": "amd", "driver": "amdgpu", "render_node": "/dev/dri/renderD130"}]
+    r = run(argv, hardware(gpus=amd), hwaccel="none")
+    assert r.argv == argv[:-3] + ["/dev/dri/renderD130", "-hwaccel_device:0", "vaapi"]
