@@ -102,7 +102,7 @@ def test_corpus_command_lines_run_end_to_end(tmp_path, name):
         sdir = c.session_dir(key, uid)
         argv = fixtures.instantiate(entry["argv"], input_path=str(clip), session_dir=str(sdir), session_key=key,
                                     job_uuid=uid, plex_url=c.pms.url)
-        shim = c.shim(argv, sdir, mode="remote")
+        shim = c.shim(argv, sdir, mode="remote", local_thumbnails=False)   # thumbnails stay local by default
         out, err = shim.communicate(timeout=60)
         assert shim.returncode == 0, err
         [job] = [j for j in c.api("/api/v1/jobs") if j["state"] == "exited"]
