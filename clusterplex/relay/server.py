@@ -22,7 +22,7 @@ from aiohttp import web
 
 from ..core import cache, config, protocol
 from ..common import daemon, discovery
-from . import metrics
+from . import metrics, playlist
 
 logger = logging.getLogger("clusterplex.relay")
 
@@ -350,6 +350,33 @@ class Relay:
             return self._refuse(request, 403, f"{ip} may not read the metrics (relay.metrics_allow adds networks)")
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
+    async def _playlist(self, request, target, up):
+        """A playlist PMS serves to a job's transcoder, rewritten so its URIs keep the job's capability
+        prefix (relay/playlist.py): ``(bytes, complete)``; None for anything else, streamed untouched.
+        Not complete: an oversized playlist whose first bytes were read; the rest follows unchanged."""
+        path = target.partition("?")[0]
+        if request.method != "GET" or up.status != 200 \
+                or not playlist.is_playlist(up.headers.get("Content-Type"), path):
+            return None
+        if up.headers.get("Content-Encoding", "identity").lower() != "identity":
+            logger.debug("playlist %s is %s-encoded: passed through unchanged", path[:200],
+                         up.headers["Content-Encoding"])
+            return None
+        length = up.headers.get("Content-Length")
+        if length is not None and (not length.isdigit() or int(length) > playlist.MAX_PLAYLIST):
+            logger.debug("playlist %s is %s bytes: passed through unchanged", path[:200], length)
+            return None
+        data = await _read_capped(up, playlist.MAX_PLAYLIST)
+        if len(data) > playlist.MAX_PLAYLIST:
+            logger.debug("playlist %s is over %d bytes: passed through unchanged", path[:200], playlist.MAX_PLAYLIST)
+            return data, False
+        m = _CAP_RE.match(str(request.message.path).partition("?")[0])
+        body = playlist.rewrite_body(data, f"/_cp/{m.group(1)}/{m.group(2)}", self.cfg.plex_url)
+        if body is None:
+            logger.debug("playlist %s is not UTF-8: passed through unchanged", path[:200])
+            return data, True
+        return body, True
+
     async def handle(self, request):
         started = time.monotonic()
         target, refusal = route(request.message.path if isinstance(request.message.path, str)
@@ -380,12 +407,21 @@ class Relay:
                     async with up_ctx as up:
                         self.metrics.forwarded(up.status, time.monotonic() - started)
                         resp = web.StreamResponse(status=up.status, reason=up.reason)
+                        first, whole = await self._playlist(request, target, up) or (b"", False)
                         for k, v in up.headers.items():
-                            if k.lower() not in HOP_BY_HOP:
+                            if k.lower() not in HOP_BY_HOP and not (whole and k.lower() == "content-length"):
                                 resp.headers.add(k, v)
+                        if whole:
+                            resp.content_length = len(first)
+                            if not await _to_client(resp.prepare(request)) or not await _to_client(resp.write(first)) \
+                                    or not await _to_client(resp.write_eof()):
+                                logger.debug("client went away during the answer to %s", request.path[:200])
+                            return resp
                         if up.headers.get("Content-Length") is None:
                             resp.enable_chunked_encoding()
                         sent = await _to_client(resp.prepare(request))
+                        if sent and first:
+                            sent = await _to_client(resp.write(first))
                         if sent:
                             async for chunk in up.content.iter_any():     # PMS's side: errors go below
                                 if not await _to_client(resp.write(chunk)):
@@ -411,6 +447,16 @@ class Relay:
             return web.Response(status=502, text=f"PMS unreachable at {self.cfg.plex_url}\n")
         finally:
             self.notifier.status(self.status_line())
+
+
+async def _read_capped(up, cap):
+    """Up to ``cap`` + 1 bytes of PMS's answer (a playlist is small)."""
+    data = bytearray()
+    async for chunk in up.content.iter_any():
+        data += chunk
+        if len(data) > cap:
+            break
+    return bytes(data)
 
 
 async def _to_client(write):

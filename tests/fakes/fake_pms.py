@@ -11,6 +11,12 @@ Routes (PMS behaviour as far as the transcoder sees it):
   (all of the above also without {uuid}: the 2016 form)
   POST /video/:/transcode/session/{key}/{uuid}/manifest (body streamed) -> 200
   GET  /livetv/...                                                    -> 200 dummy (*.ts: 7.5 MiB streamed)
+  GET  /livetv/sessions/{live}/{session}/index.m3u8, media.m3u8, NNNNN.ts  once Live TV is configured
+       (below): a live HLS stream as PMS serves a tuner's recording (master -> media playlist, a
+       sliding window over real MPEG-TS segments that moves one segment per media playlist fetch and
+       ends with #EXT-X-ENDLIST at the last one). URIs are root-relative (``/livetv/sessions/...``,
+       as PMS writes them), relative or absolute (``http://<host>/livetv/...``), with the request's
+       X-Plex-Token appended; every Live TV request needs the token, loopback or not.
   GET  /identity                                                      -> 200 XML
   GET|PUT|POST /log  (transcoder without a progress URL)              -> 200
   anything else                                                       -> 404
@@ -28,7 +34,9 @@ Test API (not recorded):
   DELETE /_fake/requests                                  clear
   GET    /_fake/wait?path_contains=X&count=N&timeout=S[&method=&kind=]
          long-poll until N matching records exist -> 200 JSON list, else 408
-  POST   /_fake/config  JSON {"can_throttle": bool, "status": {"<path substring>": code}}
+  POST   /_fake/config  JSON {"can_throttle": bool, "status": {"<path substring>": code},
+                              "livetv": {"dir": "<dir of *.ts>", "style": "root|relative|absolute",
+                                         "window": 3, "target": 1} or null}
 
 Readiness: after binding it prints ``LISTENING <host>:<port>`` on stdout
 and, when $NOTIFY_SOCKET is set, sends ``READY=1\nX_CLUSTERPLEX_LISTEN=<host>:<port>``
@@ -60,6 +68,9 @@ _SESSION = r"^/video/:/transcode/session/(?P<key>[^/]+)(?:/(?P<uuid>[^/]+))?"
 TS_SEGMENT_PACKETS = 1024 * 40          # a Live TV segment: 40960 TS packets, 7.5 MiB
 PROGRESS_RE = re.compile(_SESSION + r"/progress(?P<sub>/stream|/streamDetail|/log)?/?$")
 MANIFEST_RE = re.compile(_SESSION + r"/manifest/?$")
+LIVE_RE = re.compile(r"^/livetv/sessions/(?P<live>[^/]+)/(?P<sess>[^/]+)/"
+                     r"(?P<file>index\.m3u8|media\.m3u8|[0-9]{5}\.ts)$")
+PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 
 IDENTITY_XML = ('<?xml version="1.0" encoding="UTF-8"?>\n'
                 '<MediaContainer size="0" claimed="1" machineIdentifier="fakepms0000000000000000000000000000000000"'
@@ -108,6 +119,8 @@ class FakePMS:
         self.seq = 0
         self.can_throttle = False
         self.status_overrides: dict[str, int] = {}
+        self.livetv: dict[str, Any] | None = None      # Live TV stream (POST /_fake/config)
+        self.live_fetches: dict[str, int] = {}          # session -> media playlist fetches (the window)
         self._cond: asyncio.Condition | None = None
         self.app = web.Application(client_max_size=64 << 20)
         r = self.app.router
@@ -187,12 +200,58 @@ class FakePMS:
             self.can_throttle = bool(cfg["can_throttle"])
         if "status" in cfg:
             self.status_overrides = {str(k): int(v) for k, v in (cfg["status"] or {}).items()}
-        return web.json_response({"can_throttle": self.can_throttle, "status": self.status_overrides})
+        if "livetv" in cfg:
+            live = cfg["livetv"]
+            if live is not None:
+                segs = sorted(os.path.join(live["dir"], n) for n in os.listdir(live["dir"]) if n.endswith(".ts"))
+                live = {"segments": segs, "style": live.get("style", "root"),
+                        "window": int(live.get("window", 3)), "target": int(live.get("target", 1))}
+            self.livetv, self.live_fetches = live, {}
+        return web.json_response({"can_throttle": self.can_throttle, "status": self.status_overrides,
+                                  "livetv": self.livetv})
+
+    def _live_uri(self, request: web.Request, name: str) -> str:
+        base = request.path.rsplit("/", 1)[0]
+        q = f"?X-Plex-Token={request.query['X-Plex-Token']}" if "X-Plex-Token" in request.query else ""
+        style = self.livetv["style"]
+        if style == "relative":
+            return name + q
+        if style == "absolute":
+            return f"http://{request.host}{base}/{name}{q}"
+        return f"{base}/{name}{q}"
+
+    def _live(self, request: web.Request, name: str) -> tuple[int, str | bytes, str]:
+        """Live TV as PMS serves it: (status, body, content type)."""
+        live = self.livetv
+        segs = live["segments"]
+        if name == "index.m3u8":
+            return 200, ("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-STREAM-INF:BANDWIDTH=2000000,RESOLUTION=320x180\n"
+                         f"{self._live_uri(request, 'media.m3u8')}\n"), PLAYLIST_TYPE
+        if name == "media.m3u8":
+            sess = request.path.rsplit("/", 1)[0]
+            n = self.live_fetches.get(sess, 0)
+            self.live_fetches[sess] = n + 1
+            window = min(live["window"], len(segs))
+            start = min(n, len(segs) - window)
+            lines = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{live['target']}",
+                     f"#EXT-X-MEDIA-SEQUENCE:{start}"]
+            for i in range(start, start + window):
+                lines += [f"#EXTINF:{live['target']}.000000,", self._live_uri(request, f"{i:05d}.ts")]
+            if start + window >= len(segs):
+                lines.append("#EXT-X-ENDLIST")
+            return 200, "\n".join(lines) + "\n", PLAYLIST_TYPE
+        i = int(name[:5])
+        if i >= len(segs):
+            return 404, "404 Not Found\n", "text/plain"
+        with open(segs[i], "rb") as f:
+            return 200, f.read(), "video/MP2T"
 
     # --------------------------------------------------------------- PMS ----
     def _authorized(self, request: web.Request) -> bool:
         if self.token is None:
             return True
+        if self.livetv is not None and LIVE_RE.match(request.path):       # Live TV: the token, always
+            return self.token in (request.headers.get("X-Plex-Token"), request.query.get("X-Plex-Token"))
         if self.trust_loopback and _is_loopback(request.remote):
             return True
         if self.allowed_networks and request.remote:
@@ -247,6 +306,9 @@ class FakePMS:
             status, text = 200, ""
         elif kind == "manifest" and method == "POST":
             status, text = 200, ""
+        elif kind == "livetv" and method == "GET" and self.livetv is not None and (lm := LIVE_RE.match(path)):
+            # Live TV configured: the stream
+            status, text, ctype = self._live(request, lm.group("file"))
         elif kind == "livetv" and method in ("GET", "HEAD"):
             status, text = 200, "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n"
             ctype = "application/vnd.apple.mpegurl" if path.endswith(".m3u8") else "video/MP2T"
@@ -267,8 +329,10 @@ class FakePMS:
             "authorized": authorized, "status": status,
         }
         await self._record(rec)
-        if kind == "livetv" and method == "GET" and status == 200 and path.endswith(".ts"):
+        if kind == "livetv" and method == "GET" and status == 200 and path.endswith(".ts") and self.livetv is None:
             return await self._segment(request)
+        if isinstance(text, bytes):
+            return web.Response(status=status, body=text, content_type=ctype)
         return web.Response(status=status, text=text, content_type=ctype)
 
     async def _segment(self, request):
