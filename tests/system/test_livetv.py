@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from clusterplex.core import protocol
 from testbed import cluster as cl
 from testbed import fixtures
 
@@ -102,3 +103,19 @@ def test_live_tv_through_a_worker(c, segments, style):
         joined.write_bytes(b"".join(p.read_bytes() for p in [sdir / f"init-stream{stream}.m4s", *chunks]))
         kinds, duration = ffprobe(joined)
         assert kinds == [kind] and duration >= SEGMENTS - 1, (kinds, duration)
+
+
+def test_playlists_as_the_transcoder_sees_them_through_the_relay(c, segments):
+    """What the relay hands the transcoder: every URI under the job's prefix, Content-Length of the rewrite."""
+    post(c.pms.url + "/_fake/config", {"livetv": {"dir": str(segments), "style": "root", "window": 3, "target": 1}})
+    prefix = protocol.relay_prefix(cl.SECRET.encode(), uuid.uuid4().hex)
+    base = f"{c.relay.url}{prefix}/livetv/sessions/{uuid.uuid4()}/s{uuid.uuid4().hex[:12]}"
+    for name in ("index.m3u8", "media.m3u8"):
+        with urllib.request.urlopen(f"{base}/{name}?X-Plex-Token={cl.PLEX_TOKEN}", timeout=5) as r:
+            body = r.read()
+            assert int(r.headers["Content-Length"]) == len(body)
+        uris = [line for line in body.decode().splitlines() if line and not line.startswith("#")]
+        assert uris and all(u.startswith(prefix + "/livetv/sessions/") for u in uris), body
+        assert all(u.endswith(f"?X-Plex-Token={cl.PLEX_TOKEN}") for u in uris)
+    with urllib.request.urlopen(c.relay.url + uris[0], timeout=5) as r:       # a segment: untouched
+        assert r.read() == (segments / "00000.ts").read_bytes()
