@@ -17,12 +17,22 @@ A worker's CPU load is measured, so it lags behind a job just assigned: each
 job assigned less than ``SETTLE`` seconds ago counts as ``100 / cpus`` percent
 of extra load until the measurement catches up. Ties go round robin, so a
 burst of 6 jobs on 3 idle, equal workers spreads 2-2-2.
+
+GPU load (the ``gpus`` of the workers' load messages): for a job that uses a
+worker's hardware codec, the ``LOAD_*`` strategies first take the workers whose
+GPU of that API's vendor is least busy (in ``GPU_STEP`` percent steps; each
+fresh job adds ``GPU_SETTLE_SHARE``), then apply their own order. A job whose
+argv asks for NVENC is not eligible for a worker whose NVIDIA GPUs are all at
+their session limit: it goes elsewhere or waits, as for a full worker.
 """
 
 from ..core import capabilities
 
 STRATEGIES = ("RR", "LOAD_CPU", "LOAD_TASKS", "LOAD_RANK")
 SETTLE = 5.0
+GPU_STEP = 10.0
+GPU_SETTLE_SHARE = 20.0
+_NVIDIA_APIS = ("nvenc", "nvdec", "cuda")
 
 
 class SchedulerState:
@@ -84,6 +94,42 @@ def _label(w):
     return w.name or w.address_str
 
 
+def _caps(caps):
+    return [(cap.split(":") + ["", "", ""])[:3] for cap in caps]
+
+
+def _gpu_apis(needs, hw_codecs):
+    """The hardware APIs a job would use on a worker: those its argv requires, else a matching hardware codec."""
+    apis = {api for _c, api, _d in _caps(needs.hw_required)}
+    if apis or not needs.heavy:
+        return apis
+    wanted = {(c, "decode") for c in needs.decode - needs.copied} | {(c, "encode") for c in needs.encode}
+    return {api for c, api, d in _caps(hw_codecs) if (c, d) in wanted}
+
+
+def _gpu_busy(needs, w, now):
+    """How busy the GPU a job would use on ``w`` is (percent, fresh jobs included); None: no GPU job."""
+    apis = _gpu_apis(needs, w.hw_codecs)
+    if not apis:
+        return None
+    nvidia = bool(apis & set(_NVIDIA_APIS))
+    busy = [max(g[k] or 0.0 for k in ("util", "encoder", "decoder")) for g in w.gpus
+            if (g["vendor"] == "nvidia") == nvidia]
+    fresh = sum(1 for t in w.jobs.values() if now - t < SETTLE)
+    return min(100.0, min(busy, default=0.0) + fresh * GPU_SETTLE_SHARE)
+
+
+def _at_session_limit(needs, w):
+    """Why an NVENC job cannot go to ``w`` (every NVIDIA GPU at its session limit), or None."""
+    if not any(api == "nvenc" and d == "encode" for _c, api, d in _caps(needs.hw_required)):
+        return None
+    nv = [g for g in w.gpus if g["vendor"] == "nvidia"]
+    if nv and all(g["session_limit"] and (g["sessions"] or 0) >= g["session_limit"] for g in nv):
+        g = min(nv, key=lambda g: g["sessions"] - g["session_limit"])
+        return f"NVENC sessions at limit ({g['sessions']}/{g['session_limit']})"
+    return None
+
+
 def choose(strategy, workers, state, now, needs=None, exclude=(), prefer=None):
     """Decide where the next job goes. Returns a ``Decision``."""
     capable = []
@@ -96,13 +142,18 @@ def choose(strategy, workers, state, now, needs=None, exclude=(), prefer=None):
         if w.state != "ready":
             refusals.append(f"{_label(w)} {w.state}" + (f" ({w.reason})" if w.reason else ""))
             continue
-        lack = capabilities.missing(needs, w.hw_codecs) if needs is not None else []
+        lack = capabilities.missing(needs, w.hw_codecs, w.gpu_vendors) if needs is not None else []
         if lack:
             refusals.append(f"{_label(w)} lacks {','.join(lack)}")
             continue
         if w.active >= w.max_jobs:
             full += 1
             refusals.append(f"{_label(w)} full ({w.active}/{w.max_jobs})")
+            continue
+        capped = _at_session_limit(needs, w) if needs is not None else None
+        if capped:
+            full += 1
+            refusals.append(f"{_label(w)} {capped}")
             continue
         capable.append(w)
     if not capable:
@@ -124,9 +175,17 @@ def choose(strategy, workers, state, now, needs=None, exclude=(), prefer=None):
             fits = {w.key: capabilities.hardware_fit(needs, w.hw_codecs, w.has_gpu) for w in group}
             tier = min(f[0] for f in fits.values())
             group = [w for w in group if fits[w.key][0] == tier]
+        busy = {}
+        if needs is not None and strategy != "RR":
+            busy = {w.key: _gpu_busy(needs, w, now) for w in group}
+            if any(b is not None for b in busy.values()):
+                low = min((b or 0.0) // GPU_STEP for b in busy.values())
+                group = [w for w in group if (busy[w.key] or 0.0) // GPU_STEP == low]
         best = _by_strategy(strategy, _rotated(group, state.last_key), now)
         if needs is not None:
             why.append(fits[best.key][1])
+        if busy.get(best.key) is not None:
+            why.append(f"gpu {busy[best.key]:.0f}%")
     state.last_key = best.key
     why.append(f"{best.active + 1}/{best.max_jobs} jobs, cpu {best.cpu_load:.0f}%")
     return Decision(best, f"{_label(best)}: " + ", ".join(why))

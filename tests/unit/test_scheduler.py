@@ -184,3 +184,66 @@ def test_session_affinity_wins_while_the_worker_can_take_it():
     reg.assign("a", "x", 0.0)   # now full
     assert scheduler.choose("LOAD_TASKS", reg, scheduler.SchedulerState(), 0.0, needs=LIGHT,
                             prefer="a").worker.key == "b"
+
+
+# --- GPU load (the gpus of the workers' load messages) and NVENC session limits ---------------
+# which worker gets which job under which GPU loads and limits, and the reason it gives
+
+GNV = frozenset({"hevc:nvdec:decode", "h264:nvenc:encode", "hevc:nvenc:encode"})
+GVA = frozenset({"hevc:vaapi:decode", "h264:vaapi:encode"})
+
+
+def _gpu(vendor, util, sessions=None, limit=0, encoder=None):
+    return {"id": f"{vendor}0", "vendor": vendor, "util": util, "encoder": encoder, "decoder": None,
+            "sessions": sessions, "session_limit": limit}
+
+
+def gpu_cluster(spec):
+    """spec: key -> (hw_codecs, [gpu dicts], cpu load)."""
+    reg = registry.WorkerRegistry()
+    for key, (codecs, gpus, cpu) in spec.items():
+        reg.add(key, ("127.0.0.1", 1), "static")
+        reg.update_status(key, {"name": key, "state": "ready", "max_jobs": 4, "cpus": 4,
+                                "hardware": {"hw_codecs": sorted(codecs), "gpus": [{}] if gpus else []}}, 0.0)
+        reg.update_load(key, {"cpu": cpu, "gpus": gpus}, 0.0)
+    return reg
+
+
+G_HEVC = ["-codec:0", "hevc", "-i", "in.mkv", "-codec:0", "libx264", "-f", "dash", "out.mpd"]
+G_HEVC_NVENC = ["-codec:0", "hevc", "-i", "in.mkv", "-codec:0", "h264_nvenc", "-f", "dash", "out.mpd"]
+G_LIGHT = ["-codec:0", "h264", "-i", "in.mkv", "-codec:0", "libx264", "-f", "dash", "out.mpd"]
+
+GPU_TABLE = [
+    # (strategy, job argv, workers, expected worker or None, waitable, words in the reason)
+    ("LOAD_CPU", G_HEVC, {"a": (GNV, [_gpu("nvidia", 90, 2, 8)], 5.0), "b": (GNV, [_gpu("nvidia", 10, 1, 8)], 60.0)},
+     "b", False, ["gpu 10%"]),
+    ("LOAD_TASKS", G_HEVC, {"a": (GVA, [_gpu("intel", 75)], 0.0), "b": (GVA, [_gpu("intel", 20)], 0.0)},
+     "b", False, ["gpu 20%"]),
+    ("LOAD_RANK", G_HEVC, {"a": (GNV, [_gpu("nvidia", 5)], 0.0), "b": (GNV, [_gpu("nvidia", 70)], 0.0)},
+     "a", False, ["gpu 5%"]),
+    # round robin ignores load, GPU or not
+    ("RR", G_HEVC, {"a": (GNV, [_gpu("nvidia", 90)], 0.0), "b": (GNV, [_gpu("nvidia", 10)], 0.0)}, "a", False, []),
+    # a light job is not a GPU job: CPU load decides
+    ("LOAD_CPU", G_LIGHT, {"a": ((), [], 30.0), "b": ((), [], 10.0)}, "b", False, ["cpu 10%"]),
+    # the GeForce at its NVENC cap is not eligible for an NVENC job: the other worker gets it...
+    ("LOAD_CPU", G_HEVC_NVENC, {"a": (GNV, [_gpu("nvidia", 10, 8, 8)], 0.0),
+                                "b": (GNV, [_gpu("nvidia", 95, 2, 8)], 50.0)}, "b", False, ["gpu 95%"]),
+    # ... or, when every one is at its cap, the job waits like for a full worker, saying why
+    ("LOAD_CPU", G_HEVC_NVENC, {"a": (GNV, [_gpu("nvidia", 10, 8, 8)], 0.0)}, None, True,
+     ["a NVENC sessions at limit (8/8)"]),
+    # the same worker still takes a job that does not use its encoder (software encode, nvdec decode)
+    ("LOAD_CPU", G_HEVC, {"a": (GNV, [_gpu("nvidia", 10, 8, 8)], 0.0)}, "a", False, ["hevc decode in hardware"]),
+    # no limit (0: data-centre card) means no cap
+    ("LOAD_CPU", G_HEVC_NVENC, {"a": (GNV, [_gpu("nvidia", 10, 30, 0)], 0.0)}, "a", False, []),
+    # a worker that reports no GPU load (older worker) counts as 0% busy, not as an error
+    ("LOAD_CPU", G_HEVC, {"a": (GNV, [_gpu("nvidia", 40)], 0.0), "b": (GNV, [], 0.0)}, "b", False, []),
+]
+
+
+@pytest.mark.parametrize("strategy, argv, spec, expected, waitable, words", GPU_TABLE)
+def test_gpu_load_scheduling_table(strategy, argv, spec, expected, waitable, words):
+    d = scheduler.choose(strategy, gpu_cluster(spec), scheduler.SchedulerState(), 10.0, capabilities.needs(argv))
+    assert (d.worker.key if d.worker else None) == expected, d.reason
+    assert d.waitable == waitable
+    for w in words:
+        assert w in d.reason
