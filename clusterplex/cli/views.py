@@ -26,6 +26,7 @@ def worker_json(w):
         "running_jobs": w.get("running_jobs", 0),
         "max_jobs": w.get("max_jobs", 0),
         "load_cpu": (w.get("load") or {}).get("cpu"),
+        "gpu_load": [g for g in w.get("gpus") or [] if isinstance(g, dict)],
         "weight": w.get("weight"),
         "priority": w.get("priority"),
         "cpus": hw.get("cpus"),
@@ -116,9 +117,23 @@ def job_reason(j):
     return ""
 
 
+def load_text(w):
+    """``12%, renderD128 41% 3/8 sessions``: CPU, then each GPU's busiest engine and its encoder sessions."""
+    parts = ["-" if w["load_cpu"] is None else f"{w['load_cpu']:g}%"]
+    for g in w.get("gpu_load") or []:
+        busy = [g.get(k) for k in ("util", "encoder", "decoder") if isinstance(g.get(k), (int, float))]
+        name = str(g.get("id") or "gpu").rpartition("/")[2]
+        text = f"{name} {max(busy):g}%" if busy else f"{name} ?"
+        if isinstance(g.get("sessions"), int):
+            text += f" {g['sessions']}/{g['session_limit']} sessions" if g.get("session_limit") else \
+                f" {g['sessions']} sessions"
+        parts.append(text)
+    return ", ".join(parts)
+
+
 def worker_rows(workers):
-    return [(w["name"], w["address"], display_state(w), f"{w['running_jobs']}/{w['max_jobs']}",
-             "-" if w["load_cpu"] is None else f"{w['load_cpu']:g}%", hardware_text(w), codecs_text(w))
+    return [(w["name"], w["address"], display_state(w), f"{w['running_jobs']}/{w['max_jobs']}", load_text(w),
+             hardware_text(w), codecs_text(w))
             for w in sorted(workers, key=lambda w: w["name"])]
 
 

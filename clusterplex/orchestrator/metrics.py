@@ -158,6 +158,12 @@ class OrchestratorMetrics:
         cpus = GaugeMetricFamily("clusterplex_worker_cpus", "CPU threads", labels=["worker_name"])
         bench = GaugeMetricFamily("clusterplex_worker_benchmark", "CPU benchmark score", labels=["worker_name"])
         gpus = GaugeMetricFamily("clusterplex_worker_gpus", "GPUs found", labels=["worker_name"])
+        gpu_load = [GaugeMetricFamily(f"clusterplex_worker_gpu_{name}", doc, labels=["worker_name", "gpu"])
+                    for name, doc in (("utilization", "GPU busy, percent (Intel: clock share)"),
+                                      ("encoder_utilization", "Video encoder busy, percent"),
+                                      ("decoder_utilization", "Video decoder busy, percent"),
+                                      ("sessions", "Encoder sessions open"),
+                                      ("session_limit", "Encoder sessions the driver allows (0: no limit)"))]
         hw = GaugeMetricFamily("clusterplex_worker_hw_codec", "Hardware codecs the worker offers (always 1)",
                                labels=["worker_name", "codec", "api", "direction"])
         cstate = GaugeMetricFamily("clusterplex_worker_codecs_state",
@@ -180,6 +186,10 @@ class OrchestratorMetrics:
             cpus.add_metric([n], w.cpus)
             bench.add_metric([n], w.benchmark)
             gpus.add_metric([n], len(hardware["gpus"]) if isinstance(hardware.get("gpus"), list) else 0)
+            for g in w.gpus:
+                for fam, key in zip(gpu_load, ("util", "encoder", "decoder", "sessions", "session_limit")):
+                    if g[key] is not None:
+                        fam.add_metric([n, g["id"]], g[key])
             for cap in sorted(w.hw_codecs):
                 codec, _, rest = cap.partition(":")
                 api, _, direction = rest.partition(":")
@@ -190,7 +200,7 @@ class OrchestratorMetrics:
                     cstate.add_metric([n, s], 1 if codecs["state"] == s else 0)
                 cpresent.add_metric([n], number(codecs.get("present")))
                 ctotal.add_metric([n], number(codecs.get("total")))
-        yield from (state, info, running, max_jobs, cpus, bench, gpus, hw, cstate, cpresent, ctotal)
+        yield from (state, info, running, max_jobs, cpus, bench, gpus, *gpu_load, hw, cstate, cpresent, ctotal)
         yield build_info("orchestrator")
 
 

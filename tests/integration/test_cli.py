@@ -13,7 +13,7 @@ from testbed import cluster as cl
 from tests.fakes.codec_server import FakeCodecServer, elf_library
 
 WORKER_KEYS = {"name", "address", "source", "state", "busy", "reason", "running_jobs", "max_jobs", "load_cpu",
-               "weight", "priority", "cpus", "arch", "memory", "gpus", "hw_codecs", "plex_codecs", "eae", "version"}
+               "gpu_load", "weight", "priority", "cpus", "arch", "memory", "gpus", "hw_codecs", "plex_codecs", "eae", "version"}
 JOB_KEYS = {"id", "session", "worker", "state", "pid", "exit_code", "reason", "decision", "needs", "restarts",
             "age_seconds", "running_seconds", "progress"}
 

@@ -1,12 +1,13 @@
 """GPU load through the real daemons: a worker whose PATH has a stand-in ``nvidia-smi`` (answering
 the load query with a recorded output, tests/data/hardware) reports the GPU in its load messages,
-and the orchestrator shows it in /api/v1/workers. This machine has no GPU: without the stand-in
+and the orchestrator shows it in /api/v1/workers and /metrics. This machine has no GPU: without the stand-in
 the list is empty."""
 
 import asyncio
 import json
 import os
 import sys
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -55,7 +56,7 @@ async def _loads(url, n):
         return got
 
 
-def test_worker_load_message_carries_the_gpus_and_the_orchestrator_shows_them(c):
+def test_worker_load_message_carries_the_gpus_and_the_orchestrator_shows_and_exports_them(c):
     w = c.workers[0]
     loads = asyncio.run(_loads(f"{w.url}{protocol.CONTROL_PATH}", 2))
     expected = {"id": "nvidia0", "vendor": "nvidia", "util": 41.0, "encoder": 63.0, "decoder": 22.0,
@@ -64,3 +65,11 @@ def test_worker_load_message_carries_the_gpus_and_the_orchestrator_shows_them(c)
     # the orchestrator got the same messages over its own link, at least one of them before our second
     (view,) = c.api("/api/v1/workers")
     assert view["gpus"] == [expected]
+    with urllib.request.urlopen(c.orchestrator.url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    n = view["name"]
+    for line in (f'clusterplex_worker_gpu_utilization{{gpu="nvidia0",worker_name="{n}"}} 41.0',
+                 f'clusterplex_worker_gpu_encoder_utilization{{gpu="nvidia0",worker_name="{n}"}} 63.0',
+                 f'clusterplex_worker_gpu_sessions{{gpu="nvidia0",worker_name="{n}"}} 3.0',
+                 f'clusterplex_worker_gpu_session_limit{{gpu="nvidia0",worker_name="{n}"}} 8.0'):
+        assert line in text, line

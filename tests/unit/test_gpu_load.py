@@ -115,3 +115,16 @@ def test_registry_keeps_sanitised_gpus():
     assert rec.view()["gpus"] == rec.gpus
     reg.update_load("a", {"cpu": 1.0}, 2.0)                 # a load message without gpus keeps the last ones
     assert len(rec.gpus) == load.MAX_GPUS
+
+
+def test_workers_table_shows_gpu_load_and_sessions():
+    from clusterplex.cli import views
+    w = views.worker_json({"name": "w", "address": "a:1", "state": "ready", "running_jobs": 0, "max_jobs": 2,
+                           "load": {"cpu": 12.0}, "hardware": {},
+                           "gpus": [{"id": "/dev/dri/renderD128", "vendor": "nvidia", "util": 41.0, "encoder": 63.0,
+                                     "decoder": None, "sessions": 3, "session_limit": 8},
+                                    {"id": "/dev/dri/renderD129", "vendor": "amd", "util": 5.0, "encoder": None,
+                                     "decoder": None, "sessions": None, "session_limit": 0},
+                                    {"id": "nvidia1", "vendor": "nvidia", "util": None, "encoder": None,
+                                     "decoder": None, "sessions": 0, "session_limit": 0}]})
+    assert views.worker_rows([w])[0][4] == "12%, renderD128 63% 3/8 sessions, renderD129 5%, nvidia1 ? 0 sessions"
