@@ -36,7 +36,7 @@ Test API (not recorded):
          long-poll until N matching records exist -> 200 JSON list, else 408
   POST   /_fake/config  JSON {"can_throttle": bool, "status": {"<path substring>": code},
                               "livetv": {"dir": "<dir of *.ts>", "style": "root|relative|absolute",
-                                         "window": 3, "target": 1} or null}
+                                         "window": 3, "target": 1, "pad": 0} or null}
 
 Readiness: after binding it prints ``LISTENING <host>:<port>`` on stdout
 and, when $NOTIFY_SOCKET is set, sends ``READY=1\nX_CLUSTERPLEX_LISTEN=<host>:<port>``
@@ -205,7 +205,8 @@ class FakePMS:
             if live is not None:
                 segs = sorted(os.path.join(live["dir"], n) for n in os.listdir(live["dir"]) if n.endswith(".ts"))
                 live = {"segments": segs, "style": live.get("style", "root"),
-                        "window": int(live.get("window", 3)), "target": int(live.get("target", 1))}
+                        "window": int(live.get("window", 3)), "target": int(live.get("target", 1)),
+                        "pad": int(live.get("pad", 0))}
             self.livetv, self.live_fetches = live, {}
         return web.json_response({"can_throttle": self.can_throttle, "status": self.status_overrides,
                                   "livetv": self.livetv})
@@ -239,6 +240,8 @@ class FakePMS:
                 lines += [f"#EXTINF:{live['target']}.000000,", self._live_uri(request, f"{i:05d}.ts")]
             if start + window >= len(segs):
                 lines.append("#EXT-X-ENDLIST")
+            if live["pad"]:         # a comment line: makes the playlist as big as a test needs
+                lines.append("#" + "x" * live["pad"])
             return 200, "\n".join(lines) + "\n", PLAYLIST_TYPE
         i = int(name[:5])
         if i >= len(segs):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from clusterplex.core import protocol
+from clusterplex.relay import playlist
 from testbed import cluster as cl
 from testbed import fixtures
 
@@ -119,3 +120,14 @@ def test_playlists_as_the_transcoder_sees_them_through_the_relay(c, segments):
         assert all(u.endswith(f"?X-Plex-Token={cl.PLEX_TOKEN}") for u in uris)
     with urllib.request.urlopen(c.relay.url + uris[0], timeout=5) as r:       # a segment: untouched
         assert r.read() == (segments / "00000.ts").read_bytes()
+
+
+def test_an_oversized_playlist_passes_through_unchanged(c, segments):
+    post(c.pms.url + "/_fake/config", {"livetv": {"dir": str(segments), "style": "root", "pad": playlist.MAX_PLAYLIST}})
+    prefix = protocol.relay_prefix(cl.SECRET.encode(), uuid.uuid4().hex)
+    path = f"/livetv/sessions/{uuid.uuid4()}/s{uuid.uuid4().hex[:12]}"
+    with urllib.request.urlopen(f"{c.relay.url}{prefix}{path}/media.m3u8?X-Plex-Token={cl.PLEX_TOKEN}",
+                                timeout=10) as r:
+        body = r.read()
+    assert len(body) > playlist.MAX_PLAYLIST
+    assert f"\n{path}/00000.ts?" in body.decode() and prefix not in body.decode()
