@@ -288,6 +288,7 @@ WORKER = Section({
     "hwaccel": Str("none", choices=("none", "auto", "vaapi", "qsv", "nvenc")),
     "encoder_swaps": StrMap(key_pattern=r"[A-Za-z0-9_-]+"),
     "render_node": Path("", allow_empty=True),
+    "gpu_session_limit": Number(0, minimum=0, maximum=4096, integer=True),
     "path_map": List(Section({"from": Path(), "to": Path()})),
     "codecs": Section({
         "enabled": Bool(True),

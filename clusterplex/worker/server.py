@@ -105,7 +105,8 @@ class Worker:
                     ", ".join(f"{g['vendor']} {g['name'] or g['driver']}" for g in hw["gpus"]) or "none",
                     ", ".join(hw["hw_codecs"]) or "none", hw["transcoder"].get("codec_version") or "unknown")
         run = functools.partial(hardware.run_command, timeout=gpu_load.NVIDIA_TIMEOUT)
-        self.gpu_load = gpu_load.GpuLoad(hardware.scan_drm(), run, nvidia=shutil.which("nvidia-smi") is not None)
+        self.gpu_load = gpu_load.GpuLoad(hardware.scan_drm(), run, nvidia=shutil.which("nvidia-smi") is not None,
+                                         session_limit=self.cfg.gpu_session_limit)
 
     def _codec_list(self, cfg):
         if not cfg.codecs.list:

@@ -128,3 +128,14 @@ def test_workers_table_shows_gpu_load_and_sessions():
                                     {"id": "nvidia1", "vendor": "nvidia", "util": None, "encoder": None,
                                      "decoder": None, "sessions": 0, "session_limit": 0}]})
     assert views.worker_rows([w])[0][4] == "12%, renderD128 63% 3/8 sessions, renderD129 5%, nvidia1 ? 0 sessions"
+
+
+def test_gpu_session_limit_is_a_worker_config_key(tmp_path):
+    from clusterplex.core import config
+    assert config.load("worker", str(tmp_path / "none.yaml"), missing_ok=True).gpu_session_limit == 0
+    p = tmp_path / "worker.yaml"
+    p.write_text("gpu_session_limit: 3\n")
+    assert config.load("worker", str(p)).gpu_session_limit == 3
+    p.write_text("gpu_session_limit: -1\n")
+    with pytest.raises(config.ConfigError, match="gpu_session_limit"):
+        config.load("worker", str(p))
