@@ -161,6 +161,25 @@ def test_missing_hardware_is_a_hard_refusal_not_a_wait():
     assert "nv lacks av1:vaapi:decode,hevc:vaapi:encode" in d.reason
 
 
+def test_a_pinned_va_driver_goes_only_to_a_gpu_of_its_vendor():
+    """Plex set up VAAPI itself (-init_hw_device vaapi=vaapi:/dev/dri/renderD128,driver=iHD): an AMD
+    worker with VAAPI codecs would match on codecs alone, then fail; only the Intel one may take it."""
+    job = needs_of("-init_hw_device", "vaapi=vaapi:/dev/dri/renderD128,driver=iHD", "-codec:0", "hevc",
+                   "-hwaccel:0", "vaapi", "-i", "/m/x.mkv", "-codec:0", "h264_vaapi", "o.ts")
+    reg = registry.WorkerRegistry()
+    for key, vendor, active in (("amd", "AMD", 0), ("intel", "Intel", 3)):
+        reg.add(key, ("127.0.0.1", 1), "static")
+        reg.update_status(key, {"name": key, "state": "ready", "max_jobs": 4, "cpus": 4, "benchmark": 4.0,
+                                "hardware": {"hw_codecs": VAAPI, "gpus": [{"vendor": vendor}]}}, 0.0)
+        for j in range(active):
+            reg.assign(key, f"{key}-old{j}", -100.0)
+    d = scheduler.choose("LOAD_TASKS", reg, scheduler.SchedulerState(), 10.0, needs=job)
+    assert d.worker.key == "intel", d.reason
+    reg.disconnected("intel", "gone")
+    d = scheduler.choose("LOAD_TASKS", reg, scheduler.SchedulerState(), 10.0, needs=job)
+    assert d.worker is None and not d.waitable and "va-driver:iHD (intel GPU)" in d.reason, d.reason
+
+
 def test_eae_jobs_only_go_to_workers_running_eae():
     eae_job = needs_of("-codec:1", "eac3_eae", "-eae_prefix:1", "s_", "-i", "/m/x.mkv", "-codec:1", "aac", "o.ts")
     reg = hw_reg([("plain", [], False, 0, 1.0, 0), ("witheae", ["eae"], False, 0, 1.0, 3)])
