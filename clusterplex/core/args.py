@@ -211,6 +211,28 @@ def option_values(argv, name):
     return parse(argv).option_values(name)
 
 
+def split_unquoted(text, seps):
+    """``text`` split at any character of ``seps`` outside ``'`` quotes and ``\\`` escapes (both kept):
+    how ffmpeg reads a filter graph's chains (``;``) and filters (``,``)."""
+    parts, cur, quoted, i = [], [], False, 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            cur.append(text[i:i + 2])
+            i += 2
+            continue
+        if ch == "'":
+            quoted = not quoted
+        if ch in seps and not quoted:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    parts.append("".join(cur))
+    return parts
+
+
 def is_url(value):
     return re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value) is not None or value.startswith(("pipe:", "tcp:", "udp:"))
 

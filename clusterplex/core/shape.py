@@ -304,22 +304,7 @@ def reads(argv, cwd):
 
 def split_graph(graph):
     """The filters of a graph as ``(name, args)``: split at ``;`` and ``,`` outside quotes, labels dropped."""
-    parts, cur, quote, i = [], [], False, 0
-    while i < len(graph):
-        ch = graph[i]
-        if ch == "\\" and i + 1 < len(graph):
-            cur.append(graph[i:i + 2])
-            i += 2
-            continue
-        if ch == "'":
-            quote = not quote
-        if ch in ",;" and not quote:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-        i += 1
-    parts.append("".join(cur))
+    parts = plexargs.split_unquoted(graph, ",;")
     out = []
     for part in parts:
         part = re.sub(r"^\s*(\[[^\]]*\]\s*)*", "", part)

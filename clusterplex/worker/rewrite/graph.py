@@ -2,28 +2,7 @@
 
 import re
 
-
-def _split_top(text, sep):
-    """Split a filter graph on ``sep`` outside quotes and escapes."""
-    parts, buf, quoted, i = [], [], False, 0
-    while i < len(text):
-        c = text[i]
-        if c == "\\" and i + 1 < len(text):
-            buf.append(text[i:i + 2])
-            i += 2
-            continue
-        if c == "'":
-            quoted = not quoted
-        elif c == sep and not quoted:
-            parts.append("".join(buf))
-            buf = []
-            i += 1
-            continue
-        buf.append(c)
-        i += 1
-    parts.append("".join(buf))
-    return parts
-
+from ...core.args import split_unquoted
 
 TRAILING_LABELS = re.compile(r"(\s*(?:\[[^\[\]]*\]\s*)+)$")
 
@@ -38,7 +17,7 @@ def amend_graph(graph, label, filters, taken=()):
     pad = f"[{label}]"
     if graph.count(pad) != 1:      # absent, or consumed inside the graph (not an output)
         return None
-    chains = _split_top(graph, ";")
+    chains = split_unquoted(graph, ";")
     for k, chain in enumerate(chains):
         m = TRAILING_LABELS.search(chain)
         if not m or pad not in m.group(1):
